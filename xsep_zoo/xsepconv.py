@@ -1,0 +1,181 @@
+"""XSepConv: Extremely Separated Convolution (Chen et al. 2020, arXiv:2002.12046).
+
+A k x k depthwise conv is replaced by a 2x2 depthwise conv, a 1 x k and a k x 1 depthwise conv.
+The two separated convs see only the row and the column through a pixel; the 2x2 conv in front of
+them brings in the diagonal neighbours they miss, and widens the receptive field to k + 1. Each of
+the three layers ends in BN + activation; the last one's is the enclosing block's own.
+
+A 2x2 kernel has no centre, so keeping the spatial size needs one extra zero row and column on one
+side, which shifts the features by half a pixel. `improved_padding_plan` picks the side per layer
+so that the shifts cancel over the whole network (the paper's improved symmetric padding); the
+'symmetric' mode is the per-layer grouped padding of Wu et al. 2019 (arXiv:1903.08385).
+"""
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
+
+__all__ = [
+    'PAD_DIRECTIONS', 'PADDING_MODES', 'XSEP_VARIANTS', 'PaddedConv2x2', 'XSepConv',
+    'PADDING_STRATEGIES', 'symmetric_pad_groups', 'improved_padding_plan', 'padding_plan',
+]
+
+# F.pad order is (left, right, top, bottom); the name says where the extra zeros go.
+PAD_DIRECTIONS = {
+    'right_bottom': (0, 1, 0, 1),
+    'left_top': (1, 0, 1, 0),
+    'left_bottom': (1, 0, 0, 1),
+    'right_top': (0, 1, 1, 0),
+}
+# The cycle of directions of both symmetric strategies: each pair of neighbours cancels on one axis.
+_DIRECTION_CYCLE = ('right_bottom', 'left_top', 'left_bottom', 'right_top')
+PADDING_MODES = (*PAD_DIRECTIONS, 'symmetric')
+XSEP_VARIANTS = ('standard', 'no2x2', 'behind', 'parallel')
+
+
+def _check_choice(what: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f'unknown {what} {value!r}; allowed: {", ".join(map(repr, allowed))}')
+
+
+def symmetric_pad_groups(channels: int) -> list[int]:
+    """Channel counts of Wu et al.'s four padding groups: contiguous, the first `channels % 4` larger."""
+    base, extra = divmod(channels, 4)
+    return [base + (i < extra) for i in range(4)]
+
+
+class PaddedConv2x2(nn.Conv2d):
+    """2x2 depthwise conv that keeps the spatial size by zero-padding one row and one column.
+
+    `padding_mode` is one of PAD_DIRECTIONS or 'symmetric' (Wu et al.: the channels split into four
+    groups, one per direction). It may be reassigned after construction; a network-wide plan does so.
+    """
+
+    __jit_unused_properties__ = ['pad_mode']
+
+    def __init__(self, channels: int, padding_mode: str = 'right_bottom', bias: bool = False):
+        super().__init__(channels, channels, kernel_size=2, groups=channels, bias=bias)
+        self.pad_mode = padding_mode
+
+    @property
+    def pad_mode(self) -> str:
+        return self._pad_mode
+
+    @pad_mode.setter
+    def pad_mode(self, mode: str) -> None:
+        _check_choice('padding mode', mode, PADDING_MODES)
+        self._pad_mode = mode
+        # channel groups and the F.pad of each, resolved once here rather than in every forward
+        if mode == 'symmetric':
+            self._group_sizes = symmetric_pad_groups(self.in_channels)
+            self._group_pads = [list(PAD_DIRECTIONS[d]) for d in _DIRECTION_CYCLE]
+        else:
+            self._group_sizes = [self.in_channels]
+            self._group_pads = [list(PAD_DIRECTIONS[mode])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self._group_pads) == 1:
+            x = F.pad(x, self._group_pads[0])
+        else:
+            groups = x.split(self._group_sizes, dim=1)
+            x = torch.cat([F.pad(g, pad) for g, pad in zip(groups, self._group_pads)], dim=1)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, pad_mode={self._pad_mode!r}'
+
+
+def _depthwise(channels: int, kernel_size: tuple[int, int], stride: tuple[int, int]) -> nn.Conv2d:
+    padding = (kernel_size[0] // 2, kernel_size[1] // 2)
+    return nn.Conv2d(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels, bias=False)
+
+
+class XSepConv(nn.Module):
+    """Drop-in replacement for a k x k depthwise conv: 2x2 DW -> BN+act -> 1xk DW -> BN+act -> kx1 DW.
+
+    The BN + activation after the last conv is not included: it is the enclosing block's (timm's
+    `bn2`), exactly as after the depthwise conv this module replaces. With stride 2 the 1 x k conv
+    downsamples the width and the k x 1 conv the height (the paper's downsampling XSepConv).
+
+    Variants (the paper's ablations, Fig. 6):
+        'standard': as above.
+        'no2x2':    1xk DW -> BN+act -> kx1 DW.
+        'behind':   1xk DW -> BN+act -> kx1 DW -> BN+act -> 2x2 DW  (XSepConv-B).
+        'parallel': (2x2 DW -> BN+act) + (1xk DW -> BN+act -> kx1 DW), merged by a sum  (XSepConv-P).
+                    Both branches see the block's input and end where the standard form's layers
+                    end, so it has the same convs, BNs, params and multiply-adds; only the topology
+                    differs (wider instead of deeper, receptive field k instead of k + 1).
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            kernel_size: int = 5,
+            stride: int = 1,
+            variant: str = 'standard',
+            padding_mode: str = 'right_bottom',
+            act_layer: Callable[..., nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f'XSepConv kernel_size must be an odd int >= 3, got {kernel_size!r}')
+        if stride not in (1, 2):
+            raise ValueError(f'XSepConv stride must be 1 or 2, got {stride!r}')
+        _check_choice('XSepConv variant', variant, XSEP_VARIANTS)
+        if variant == 'parallel' and stride != 1:
+            raise ValueError("XSepConv variant 'parallel' is defined for stride 1 only, got stride 2")
+        self.variant = variant
+        self.kernel_size = kernel_size
+        self.stride = stride
+        k = kernel_size
+
+        def bn_act(present: bool = True) -> nn.Module:
+            return BatchNormAct2d(channels, act_layer=act_layer) if present else nn.Identity()
+
+        # Absent layers are identities, so every variant has the same attribute names.
+        self.conv_2x2 = PaddedConv2x2(channels, padding_mode) if variant != 'no2x2' else nn.Identity()
+        self.bn_2x2 = bn_act(variant in ('standard', 'parallel'))
+        self.conv_1xk = _depthwise(channels, (1, k), (1, stride))
+        self.bn_1xk = bn_act()
+        self.conv_kx1 = _depthwise(channels, (k, 1), (stride, 1))
+        self.bn_kx1 = bn_act(variant == 'behind')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.variant == 'parallel':
+            return self.bn_2x2(self.conv_2x2(x)) + self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
+        if self.variant == 'behind':
+            return self.conv_2x2(self.bn_kx1(self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))))
+        x = self.bn_2x2(self.conv_2x2(x))  # identities for 'no2x2'
+        return self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
+
+    def extra_repr(self) -> str:
+        return f'kernel_size={self.kernel_size}, stride={self.stride}, variant={self.variant!r}'
+
+
+def improved_padding_plan(num_layers: int) -> list[str]:
+    """The paper's improved symmetric padding: layer i pads toward _DIRECTION_CYCLE[i % 4].
+
+    Every four consecutive layers cancel each other's shift exactly; with N % 4 == 2 the last two
+    are opposite, and with N % 4 == 1 the last layer uses Wu's grouped padding.
+    """
+    plan = [_DIRECTION_CYCLE[i % 4] for i in range(num_layers)]
+    if num_layers % 4 == 1:
+        plan[-1] = 'symmetric'
+    return plan
+
+
+PADDING_STRATEGIES = ('improved', *PADDING_MODES)
+
+
+def padding_plan(strategy: str, num_layers: int) -> list[str]:
+    """Padding mode of each of `num_layers` 2x2 layers (in forward order) under a network-wide strategy.
+
+    'improved' is the paper's plan; any single padding mode ('symmetric', 'right_bottom', ...) is
+    used for every layer.
+    """
+    _check_choice('padding strategy', strategy, PADDING_STRATEGIES)
+    if strategy == 'improved':
+        return improved_padding_plan(num_layers)
+    return [strategy] * num_layers
