@@ -1,0 +1,58 @@
+"""Print the zoo's model table: each registered model with its params and MACs at an input size.
+
+    python scripts/model_table.py                      # markdown table to stdout
+    python scripts/model_table.py --readme README.md   # also rewrite the table section of the README
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import timm
+from timm.models import model_entrypoint
+
+import xsep_zoo
+from xsep_zoo import count_cost
+
+START, END = '<!-- model-table:start -->', '<!-- model-table:end -->'
+
+
+def model_table(input_size: int) -> str:
+    command = f'python scripts/model_table.py --input-size {input_size}'
+    lines = [
+        f'Params and MACs (multiply-adds of convs and linear layers) at {input_size}x{input_size}, 10 classes, '
+        f'written by `{command}`.',
+        '',
+        '| model | what it is | params (M) | MACs (M) |',
+        '|---|---|---:|---:|',
+    ]
+    for name in xsep_zoo.MODEL_NAMES:
+        cost = count_cost(timm.create_model(name), (3, input_size, input_size))
+        doc = model_entrypoint(name).__doc__.strip()
+        lines.append(f'| `{name}` | {doc} | {cost.params / 1e6:.3f} | {cost.macs / 1e6:.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def replace_section(text: str, body: str) -> str:
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f'expected exactly one {START} ... {END} section')
+    head, rest = text.split(START)
+    _, tail = rest.split(END)
+    return f'{head}{START}\n{body}{END}{tail}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input-size', type=int, default=32, help='square input side in pixels (default: 32)')
+    parser.add_argument('--readme', type=Path, help=f'rewrite the section between {START} and {END} of this file')
+    args = parser.parse_args()
+    table = model_table(args.input_size)
+    print(table, end='')
+    if args.readme:
+        try:
+            args.readme.write_text(replace_section(args.readme.read_text(), table))
+        except ValueError as e:
+            sys.exit(f'{args.readme}: {e}')
+
+
+if __name__ == '__main__':
+    main()
