@@ -4,16 +4,16 @@
     python scripts/model_table.py --readme README.md   # also rewrite the table section of the README
 """
 import argparse
-import sys
 from pathlib import Path
 
 import timm
 from timm.models import model_entrypoint
 
 import xsep_zoo
+from readme_section import print_and_write
 from xsep_zoo import count_cost
 
-START, END = '<!-- model-table:start -->', '<!-- model-table:end -->'
+SECTION = 'model-table'
 
 
 def model_table(input_size: int) -> str:
@@ -32,26 +32,12 @@ def model_table(input_size: int) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def replace_section(text: str, body: str) -> str:
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f'expected exactly one {START} ... {END} section')
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f'{head}{START}\n{body}{END}{tail}'
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input-size', type=int, default=32, help='square input side in pixels (default: 32)')
-    parser.add_argument('--readme', type=Path, help=f'rewrite the section between {START} and {END} of this file')
+    parser.add_argument('--readme', type=Path, help=f'rewrite the {SECTION} section of this file')
     args = parser.parse_args()
-    table = model_table(args.input_size)
-    print(table, end='')
-    if args.readme:
-        try:
-            args.readme.write_text(replace_section(args.readme.read_text(), table))
-        except ValueError as e:
-            sys.exit(f'{args.readme}: {e}')
+    print_and_write(model_table(args.input_size), args.readme, SECTION)
 
 
 if __name__ == '__main__':

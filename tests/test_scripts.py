@@ -1,10 +1,14 @@
 """Command-line scripts: what they write into the README is what they compute now."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'scripts'))  # scripts import their sibling helpers, as when run directly
+
+from readme_section import replace_section  # noqa: E402
 
 
 def _load_script(name):
@@ -17,12 +21,13 @@ def _load_script(name):
 def test_readme_model_table_is_current():
     model_table = _load_script('model_table')
     readme = (ROOT / 'README.md').read_text()
-    assert model_table.replace_section(readme, model_table.model_table(32)) == readme
+    assert replace_section(readme, 'model-table', model_table.model_table(32)) == readme
 
 
 def test_replace_section_refuses_a_readme_without_markers():
-    model_table = _load_script('model_table')
+    with pytest.raises(ValueError, match='expected exactly one <!-- table:start --> ... <!-- table:end --> section'):
+        replace_section('no table here', 'table', 'x')
     with pytest.raises(ValueError, match='expected exactly one'):
-        model_table.replace_section('no table here', 'x')
-    text = f'a\n{model_table.START}\nold\n{model_table.END}\nb'
-    assert model_table.replace_section(text, 'new\n') == f'a\n{model_table.START}\nnew\n{model_table.END}\nb'
+        replace_section('<!-- t:start -->\n<!-- t:end -->\n<!-- t:start -->', 't', 'x')
+    text = 'a\n<!-- t:start -->\nold\n<!-- t:end -->\nb'
+    assert replace_section(text, 't', 'new\n') == 'a\n<!-- t:start -->\nnew\n<!-- t:end -->\nb'

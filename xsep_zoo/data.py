@@ -1,0 +1,422 @@
+"""The data path: CIFAR-10/100, SVHN and Tiny-ImageNet as in-memory uint8 tensors, augmented per batch.
+
+Every split is read with `datasets.load_dataset` (from the Hub, a local folder in a Hub repo's
+layout, or parquet files) and decoded once into a uint8 [N, 3, H, W] tensor: these images are small
+enough that holding a whole split in memory is cheaper than decoding per step, and it leaves the
+training loop without DataLoader workers. Augmentation then runs on a whole batch at once in torch,
+on the batch's device, and draws every random choice from a `torch.Generator` the caller passes, so
+seeding that generator per step makes a resumed run see exactly the same crops and flips.
+"""
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import metadata_load
+
+from .constants import (
+    CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, SVHN_MEAN, SVHN_STD, TINY_IMAGENET_MEAN,
+    TINY_IMAGENET_STD,
+)
+
+__all__ = [
+    'AUGMENTATIONS', 'DATASETS', 'DatasetSpec', 'ImageTensors', 'get_spec', 'load_split', 'load_train', 'load_test',
+    'augment', 'random_crop_flip', 'random_resized_crop_flip', 'normalize',
+]
+
+AUGMENTATIONS = ('crop_flip', 'none', 'random_resized_crop_flip')
+_DECODE_CHUNK = 4096  # rows decoded per step: bounds the memory held in encoded bytes
+
+
+def _check_choice(what: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f'unknown {what} {value!r}; allowed: {", ".join(map(repr, allowed))}')
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lives on the Hub, its schema, and how it is trained and tested.
+
+    `image_size` is the stored side of every image, `train_size` the side of the training crops
+    (testing uses the full stored image).
+    """
+    name: str
+    hub_id: str
+    config: str | None
+    image_column: str
+    label_column: str
+    train_splits: tuple[str, ...]
+    test_split: str
+    num_classes: int
+    image_size: int
+    train_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    augmentation: str
+
+    def __post_init__(self):
+        _check_choice('augmentation', self.augmentation, AUGMENTATIONS)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    'cifar10': DatasetSpec(
+        'cifar10', 'uoft-cs/cifar10', 'plain_text', 'img', 'label', ('train',), 'test',
+        num_classes=10, image_size=32, train_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+        augmentation='crop_flip'),
+    'cifar100': DatasetSpec(
+        'cifar100', 'uoft-cs/cifar100', 'cifar100', 'img', 'fine_label', ('train',), 'test',
+        num_classes=100, image_size=32, train_size=32, mean=CIFAR100_MEAN, std=CIFAR100_STD,
+        augmentation='crop_flip'),
+    # the paper trains on train + extra (604,388 images) and augments nothing
+    'svhn': DatasetSpec(
+        'svhn', 'ufldl-stanford/svhn', 'cropped_digits', 'image', 'label', ('train', 'extra'), 'test',
+        num_classes=10, image_size=32, train_size=32, mean=SVHN_MEAN, std=SVHN_STD,
+        augmentation='none'),
+    # 64x64 stored; trained on 56x56 random-resized crops, tested on the full 64x64 image
+    'tiny_imagenet': DatasetSpec(
+        'tiny_imagenet', 'zh-plus/tiny-imagenet', None, 'image', 'label', ('train',), 'valid',
+        num_classes=200, image_size=64, train_size=56, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD,
+        augmentation='random_resized_crop_flip'),
+}
+
+
+@dataclass
+class ImageTensors:
+    """A decoded split: uint8 images [N, 3, H, W] (contiguous), int64 labels [N], and the class names
+    when the label column is a `ClassLabel` (else None)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+Source = str | Path | Mapping[str, str | Path | Sequence[str | Path]] | None
+
+
+def get_spec(dataset: str) -> DatasetSpec:
+    """The spec of a dataset by name; the error lists the names there are."""
+    _check_choice('dataset', dataset, tuple(DATASETS))
+    return DATASETS[dataset]
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _folder_kwargs(folder: Path, spec: DatasetSpec) -> dict:
+    """`load_dataset` arguments for a local folder, laid out like the Hub repo or as plain parquet files.
+
+    A README that declares configs (the Hub repos of CIFAR-10/100 and SVHN) is followed as is, with
+    the spec's config where the folder has one of that name. Without declared configs `load_dataset`
+    only knows the split names train/validation/test by keyword (it drops SVHN's 'extra' and renames
+    a top-level 'valid' to 'validation'), so the '<split>-*.parquet' files are listed explicitly,
+    from the config's subfolder, 'data/' (Tiny-ImageNet's layout) or the folder itself.
+    """
+    readme = folder / 'README.md'
+    configs = (metadata_load(readme) or {}).get('configs') if readme.is_file() else None
+    if configs:
+        names = [c.get('config_name', 'default') for c in configs]
+        return dict(name=spec.config if spec.config in names else None)
+    for sub in (spec.config, 'data', '.'):
+        if sub is None or not (folder / sub).is_dir():
+            continue
+        splits = sorted({m.group(1) for f in (folder / sub).glob('*.parquet')
+                         if (m := re.match(r'(.+?)-.*\.parquet$', f.name))})
+        if splits:
+            return dict(data_files={s: (Path(sub) / f'{s}-*.parquet').as_posix() for s in splits})
+    return {}  # some other layout: let load_dataset infer it
+
+
+def _check_split(spec: DatasetSpec, split: str, available: Sequence[str], where: str) -> None:
+    if split not in available:
+        raise ValueError(
+            f'unknown split {split!r} of {spec.name} in {where}; available: {", ".join(map(repr, available))}')
+
+
+def _load_rows(spec: DatasetSpec, split: str, source: Source) -> datasets.Dataset:
+    """One split as an (undecoded) `datasets.Dataset`, after checking that the source has that split."""
+    if isinstance(source, Mapping):
+        _check_split(spec, split, tuple(source), 'the data_files mapping')
+        files = source[split]
+        files = [str(f) for f in files] if isinstance(files, (list, tuple)) else str(files)
+        return datasets.load_dataset('parquet', data_files={split: files}, split=split)
+    if source is None:
+        path, kwargs, where = spec.hub_id, dict(name=spec.config), f'the Hub repo {spec.hub_id}'
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f'{spec.name} source folder {str(folder)!r} does not exist')
+        path, kwargs, where = str(folder), _folder_kwargs(folder, spec), str(folder)
+    data_files = datasets.load_dataset_builder(path, **kwargs).config.data_files
+    if data_files is not None:  # resolving the files is cheap; preparing the dataset is not
+        _check_split(spec, split, tuple(str(s) for s in data_files), where)
+    return datasets.load_dataset(path, split=split, **kwargs)
+
+
+def _check_columns(spec: DatasetSpec, ds: datasets.Dataset, split: str) -> tuple[str, ...] | None:
+    """Check the image and label columns; return the class names when the labels are a ClassLabel."""
+    for what, column in (('image', spec.image_column), ('label', spec.label_column)):
+        if column not in ds.column_names:
+            raise ValueError(
+                f'{spec.name} split {split!r} has no {what} column {column!r}; columns: '
+                f'{", ".join(map(repr, ds.column_names))}')
+    if not isinstance(ds.features[spec.image_column], datasets.Image):
+        raise ValueError(
+            f'{spec.name} column {spec.image_column!r} is {ds.features[spec.image_column]}, not an Image feature')
+    label = ds.features[spec.label_column]
+    if isinstance(label, datasets.ClassLabel):
+        if label.num_classes != spec.num_classes:
+            raise ValueError(
+                f'{spec.name} label column {spec.label_column!r} has {label.num_classes} classes, '
+                f'expected {spec.num_classes}')
+        return tuple(label.names)
+    return None
+
+
+def _decode_rgb(spec: DatasetSpec, ds: datasets.Dataset, rows: np.ndarray, split: str, out: torch.Tensor) -> None:
+    """Decode the images of `rows` of `ds` into `out` (uint8 [len(rows), 3, S, S]), as RGB.
+
+    `datasets.Image(mode='RGB')` converts any mode (grayscale 'L', 'P', RGBA, CMYK) to RGB; alpha is
+    dropped, not composited. Decoding one image at a time in this thread is the fastest way here:
+    32x32 JPEGs take tens of microseconds each, and threads only contend for the GIL.
+    """
+    size = spec.image_size
+    feature = datasets.Image(mode='RGB')
+    column = ds.select_columns([spec.image_column]).with_format('arrow')
+    for start in range(0, len(rows), _DECODE_CHUNK):
+        chunk = rows[start:start + _DECODE_CHUNK]
+        values = column[chunk.tolist()].column(0).to_pylist()  # [{'bytes': ..., 'path': ...}, ...]
+        buffer = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
+        for i, value in enumerate(values):
+            image = feature.decode_example(value)
+            if image.size != (size, size):
+                raise ValueError(
+                    f'{spec.name} split {split!r} row {int(chunk[i])} is {image.size[0]}x{image.size[1]}, '
+                    f'expected {size}x{size}')
+            buffer[i] = np.asarray(image)
+        out[start:start + len(chunk)] = torch.from_numpy(buffer).permute(0, 3, 1, 2)
+
+
+def _to_tensors(
+        spec: DatasetSpec,
+        parts: Sequence[tuple[str, datasets.Dataset]],
+        limit: int | None,
+        seed: int,
+) -> ImageTensors:
+    """Decode the splits in `parts`, one after the other, or a seeded random subset of `limit` rows of them."""
+    classes = None
+    for split, ds in parts:
+        classes = _check_columns(spec, ds, split)
+    sizes = [len(ds) for _, ds in parts]
+    total = sum(sizes)
+    if limit is not None and limit < 1:
+        raise ValueError(f'limit must be a positive number of rows or None, got {limit!r}')
+    if limit is None or limit >= total:
+        picked = np.arange(total)
+    else:  # a random subset, kept in order: CIFAR-10's test split is sorted by class
+        generator = torch.Generator().manual_seed(seed)
+        picked = np.sort(torch.randperm(total, generator=generator)[:limit].numpy())
+    images = torch.empty((len(picked), 3, spec.image_size, spec.image_size), dtype=torch.uint8)
+    labels, done, offset = [], 0, 0
+    for (split, ds), size in zip(parts, sizes):
+        rows = picked[(picked >= offset) & (picked < offset + size)] - offset
+        _decode_rgb(spec, ds, rows, split, images[done:done + len(rows)])
+        split_labels = np.asarray(ds.select_columns([spec.label_column]).with_format('arrow')[spec.label_column])
+        labels.append(torch.from_numpy(split_labels[rows].astype(np.int64)))
+        done, offset = done + len(rows), offset + size
+    labels = torch.cat(labels)
+    bad = ((labels < 0) | (labels >= spec.num_classes)).nonzero()
+    if len(bad):
+        raise ValueError(
+            f'{spec.name} label {int(labels[bad[0, 0]])} at decoded row {int(bad[0, 0])} is outside '
+            f'[0, {spec.num_classes})')
+    return ImageTensors(images, labels, classes)
+
+
+def load_split(
+        dataset: str,
+        split: str,
+        source: Source = None,
+        limit: int | None = None,
+        seed: int = 0,
+) -> ImageTensors:
+    """Load and decode one split of `dataset` (a key of DATASETS) into memory.
+
+    `source`: None reads the Hub repo; a folder reads a local copy in the Hub repo's layout (or plain
+    '<split>-*.parquet' files, optionally in a config or 'data' subfolder); a mapping split -> parquet
+    file, glob or list of them reads those files. Prepared data goes to the `datasets` cache (set by
+    HF_DATASETS_CACHE / HF_HOME), never into the source folder. `limit` keeps a random subset of that
+    many rows, drawn with `seed` and kept in their original order; only those rows are decoded.
+    """
+    spec = get_spec(dataset)
+    return _to_tensors(spec, [(split, _load_rows(spec, split, source))], limit, seed)
+
+
+def load_train(dataset: str, source: Source = None, limit: int | None = None, seed: int = 0) -> ImageTensors:
+    """The training set: the spec's train splits, concatenated in order (SVHN: train + extra).
+
+    `limit` draws its subset from the concatenation.
+    """
+    spec = get_spec(dataset)
+    return _to_tensors(spec, [(s, _load_rows(spec, s, source)) for s in spec.train_splits], limit, seed)
+
+
+def load_test(dataset: str, source: Source = None, limit: int | None = None, seed: int = 0) -> ImageTensors:
+    """The test set: the spec's test split (Tiny-ImageNet: 'valid')."""
+    return load_split(dataset, get_spec(dataset).test_split, source, limit, seed)
+
+
+# --- batch transforms ----------------------------------------------------------------------------
+
+def _check_batch(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f'expected an image batch [B, 3, H, W], got shape {tuple(images.shape)}')
+
+
+def _uniform(n: int, generator: torch.Generator, low: float = 0., high: float = 1., cols: int | None = None):
+    # drawn on the generator's device (usually the CPU) in float64: the same seed gives the same
+    # parameters whatever device the batch is on
+    shape = (n,) if cols is None else (n, cols)
+    return torch.empty(shape, dtype=torch.float64, device=generator.device).uniform_(low, high, generator=generator)
+
+
+def random_crop_flip(
+        images: torch.Tensor,
+        generator: torch.Generator,
+        size: int | None = None,
+        padding: int = 4,
+        flip_prob: float = 0.5,
+) -> torch.Tensor:
+    """Zero-pad by `padding`, crop a random `size` square per image and flip it horizontally with `flip_prob`.
+
+    The standard CIFAR augmentation, done as one gather for the whole batch. The uint8 result has
+    channels_last strides (the gather's natural order), which `normalize` keeps.
+    """
+    _check_batch(images)
+    b, _, h, w = images.shape
+    size = size or h
+    if size > min(h, w) + 2 * padding:
+        raise ValueError(f'crop size {size} is larger than the padded image {h + 2 * padding}x{w + 2 * padding}')
+    max_y, max_x = h + 2 * padding - size, w + 2 * padding - size
+    top = (_uniform(b, generator) * (max_y + 1)).long().clamp_(max=max_y)
+    left = (_uniform(b, generator) * (max_x + 1)).long().clamp_(max=max_x)
+    flip = _uniform(b, generator) < flip_prob
+    top, left, flip = (t.to(images.device) for t in (top, left, flip))
+    ramp = torch.arange(size, device=images.device)
+    rows = top[:, None] + ramp
+    cols = left[:, None] + ramp
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(images, (padding,) * 4).permute(0, 2, 3, 1)  # B, H, W, C
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _rrc_boxes(
+        n: int,
+        height: int,
+        width: int,
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, box height, box width) of `n` boxes, as torchvision's RandomResizedCrop.get_params.
+
+    Each image gets 10 tries of area fraction ~ U(scale) and log aspect ratio ~ U(log ratio); the
+    first box that fits is placed uniformly. When none fits it takes the central crop with the
+    ratio clamped to `ratio` (the whole image when its own ratio is inside).
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    target_area = area * _uniform(n, generator, scale[0], scale[1], cols=10)
+    aspect = torch.exp(_uniform(n, generator, log_ratio[0], log_ratio[1], cols=10))
+    w = torch.sqrt(target_area * aspect).round().long()  # round half to even, like Python's round()
+    h = torch.sqrt(target_area / aspect).round().long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.long().argmax(1, keepdim=True)  # the first try that fits
+    found = fits.any(1)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = int(round(height * max(ratio))), height
+    else:
+        fallback_w, fallback_h = width, height
+    box_w = torch.where(found, w.gather(1, first)[:, 0], fallback_w)
+    box_h = torch.where(found, h.gather(1, first)[:, 0], fallback_h)
+    top = (_uniform(n, generator) * (height - box_h + 1)).long().minimum(height - box_h)
+    left = (_uniform(n, generator) * (width - box_w + 1)).long().minimum(width - box_w)
+    top = torch.where(found, top, (height - box_h) // 2)
+    left = torch.where(found, left, (width - box_w) // 2)
+    return top, left, box_h, box_w
+
+
+def random_resized_crop_flip(
+        images: torch.Tensor,
+        size: int,
+        generator: torch.Generator,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_prob: float = 0.5,
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip(flip_prob) for a batch.
+
+    Each image gets its own box; all boxes are resampled to `size` x `size` by one `grid_sample`,
+    bilinear with half-pixel centres and edges clamped to the box: the same as cropping and then
+    resizing with `F.interpolate(mode='bilinear', align_corners=False)`, without antialiasing
+    (boxes are at most 64/56 = 1.14x larger than the output here). The flip is folded into the grid.
+    Returns float32 in [0, 255], not rounded back to integers.
+    """
+    _check_batch(images)
+    b, _, height, width = images.shape
+    top, left, box_h, box_w = _rrc_boxes(b, height, width, scale, ratio, generator)
+    flip = _uniform(b, generator) < flip_prob
+    top, left, box_h, box_w, flip = (t.to(images.device) for t in (top, left, box_h, box_w, flip))
+    centres = (torch.arange(size, device=images.device, dtype=torch.float32) + 0.5) / size  # in (0, 1)
+    ys = torch.minimum((top[:, None] + centres * box_h[:, None] - 0.5).clamp(min=top[:, None]),
+                       top[:, None] + box_h[:, None] - 1)
+    xs = torch.minimum((left[:, None] + centres * box_w[:, None] - 0.5).clamp(min=left[:, None]),
+                       left[:, None] + box_w[:, None] - 1)
+    xs = torch.where(flip[:, None], xs.flip(1), xs)
+    # pixel index -> [-1, 1] with align_corners=True: -1 and 1 are the centres of the edge pixels
+    gx = (2 * xs / max(width - 1, 1) - 1)[:, None, :].expand(b, size, size)
+    gy = (2 * ys / max(height - 1, 1) - 1)[:, :, None].expand(b, size, size)
+    grid = torch.stack((gx, gy), dim=-1)
+    return F.grid_sample(images.float(), grid, mode='bilinear', padding_mode='border', align_corners=True)
+
+
+def augment(images: torch.Tensor, spec: DatasetSpec, generator: torch.Generator) -> torch.Tensor:
+    """Apply the spec's training augmentation to a uint8 batch [B, 3, S, S] of stored images.
+
+    'crop_flip' and 'none' return uint8; 'random_resized_crop_flip' returns float32 in [0, 255]
+    ([B, 3, train_size, train_size]). Random parameters come only from `generator` (on its own
+    device; the result is on the batch's device), so the same seed gives the same batch.
+    """
+    _check_batch(images)
+    if images.dtype != torch.uint8:
+        raise ValueError(f'augment expects uint8 images, got {images.dtype}')
+    if images.shape[-2:] != (spec.image_size, spec.image_size):
+        raise ValueError(
+            f'{spec.name} images are {spec.image_size}x{spec.image_size}, got {tuple(images.shape[-2:])}')
+    if spec.augmentation == 'crop_flip':
+        return random_crop_flip(images, generator, size=spec.train_size, padding=4)
+    if spec.augmentation == 'random_resized_crop_flip':
+        return random_resized_crop_flip(images, spec.train_size, generator)
+    return images
+
+
+def normalize(images: torch.Tensor, spec: DatasetSpec, channels_last: bool = True) -> torch.Tensor:
+    """(images / 255 - mean) / std as float32, in channels_last memory format unless told otherwise.
+
+    Takes uint8 or float images in [0, 255]; the result is always a new tensor.
+    """
+    _check_batch(images)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = images.to(torch.float32, memory_format=memory_format, copy=True)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255
+    return x.sub_(mean).div_(std)
