@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from timm.layers import create_conv2d
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import (
     decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels,
@@ -25,6 +26,7 @@ from timm.models._efficientnet_builder import (
 from timm.models.mobilenetv3 import MobileNetV3
 
 from .constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HUB_ORG
+from .hub import pretrained_weights_overlay
 from .xsepconv import XSEP_VARIANTS, PaddedConv2x2, XSepConv, padding_plan
 
 __all__ = ['XSepMobileNetV3', 'ARCH_VARIANTS', 'MODEL_NAMES']
@@ -161,6 +163,12 @@ class XSepMobileNetV3(MobileNetV3):
 def _create_mnv3_small(variant: str, arch: str, multiplier: float, pretrained: bool = False, **kwargs):
     """Build one family member: timm's MobileNetV3-Small kwargs, the arch variant's swaps, then weights."""
     small_input = kwargs.pop('small_input', True)
+    if pretrained and not kwargs.get('pretrained_cfg_overlay'):
+        # the zoo's weights come from its local Hub folders or the Hub, checked against their sha256
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg')).to_dict()
+        overlay = pretrained_weights_overlay(cfg)
+        if overlay is not None:
+            kwargs['pretrained_cfg_overlay'] = overlay
     arch_kwargs = {**ARCH_VARIANTS[arch], **kwargs}  # explicit kwargs override the variant's defaults
     model_kwargs = dict(
         block_args=decode_arch_def(_arch_def(first_stride=1 if small_input else 2)),

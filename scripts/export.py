@@ -1,0 +1,108 @@
+"""Turn a finished training run into a Hub repo folder: hub_cards/<model>.<tag>/.
+
+    python scripts/export.py runs/x --tag cifar10 --data-source ../shared/datasets/cifar10
+
+Writes model.safetensors (the run's final weights: the EMA ones when EMA was on), timm's
+config.json (with the weights' sha256 and the measured results at its top level) and the model
+card README.md. The accuracy is measured here, on the exported weights, over the whole test split;
+params and MACs come from the counter. An existing folder is replaced only with --overwrite.
+"""
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import timm
+from timm.models import model_entrypoint
+
+import xsep_zoo  # noqa: F401  registers the models
+from xsep_zoo import count_cost
+from xsep_zoo.constants import HUB_ORG
+from xsep_zoo.data import DATASETS, load_test
+from xsep_zoo.engine import evaluate_model
+from xsep_zoo.hub import WEIGHTS_NAME, load_matching_state_dict, load_weights_file, local_hub_root, write_hub_folder
+from xsep_zoo.model_card import CardFacts, render_model_card
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('run_dir', type=Path, help='a finished run of scripts/train.py')
+    p.add_argument('--tag', help='pretrained tag (default: the dataset name, e.g. cifar10)')
+    p.add_argument('--hub-root', type=Path, help='where Hub folders go (default: the repository\'s hub_cards/)')
+    p.add_argument('--data-source', help='local dataset folder to evaluate on (default: the one the run used)')
+    p.add_argument('--test-limit', type=int, help='evaluate a subset only (tests; a card should use the full split)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing Hub folder')
+    return p.parse_args(argv)
+
+
+def _data_description(source) -> str:
+    """The local copy's own title (its README's pretty_name), or the Hub id."""
+    if source is None:
+        return 'the Hub dataset'
+    readme = Path(source) / 'README.md'
+    if readme.is_file():
+        for line in readme.read_text().splitlines():
+            if line.startswith('pretty_name:'):
+                return f'{line.split(":", 1)[1].strip()}, a local copy at `{source}`'
+    return f'a local copy at `{source}`'
+
+
+def export_run(args: argparse.Namespace) -> Path:
+    record = json.loads((args.run_dir / 'config.json').read_text())
+    config = record['config']
+    weights = args.run_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        sys.exit(f'{args.run_dir}: no {WEIGHTS_NAME}; the run has not finished (resume it with scripts/train.py --resume)')
+    log = [json.loads(line) for line in (args.run_dir / 'log.jsonl').read_text().splitlines()]
+    name, dataset, tag = config['model'], config['dataset'], args.tag or config['dataset']
+    spec = DATASETS[dataset]
+    source = args.data_source or config['data_source']
+
+    model = timm.create_model(name, num_classes=spec.num_classes)
+    load_matching_state_dict(model, load_weights_file(weights), str(weights))
+    repo_id = f'{HUB_ORG}/{name}.{tag}'
+    input_size = (3, spec.train_size, spec.train_size)
+    test_size = (3, spec.image_size, spec.image_size)
+    model.pretrained_cfg = {
+        **model.pretrained_cfg, 'tag': tag, 'hf_hub_id': repo_id, 'num_classes': spec.num_classes,
+        'input_size': input_size, 'test_input_size': test_size if test_size != input_size else None,
+        'mean': spec.mean, 'std': spec.std,
+        'pool_size': tuple(s // model.total_stride for s in input_size[1:]),
+    }
+    test = load_test(dataset, source=source, limit=args.test_limit)
+    model.pretrained_cfg['label_names'] = test.classes
+    metrics = evaluate_model(model, test, spec)
+    cost = count_cost(model, test_size)
+
+    eval_command = ['python', 'scripts/eval.py', '--model', f'{name}.{tag}', '--pretrained', '--dataset', dataset]
+    eval_command += ['--data-source', str(source)] if source else []
+    eval_command += ['--limit', str(args.test_limit)] if args.test_limit else []
+    facts = CardFacts(
+        repo_id=repo_id, model=name, description=model_entrypoint(name).__doc__.strip(), dataset=dataset,
+        dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
+        metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=config,
+        train_command=record['command'], eval_command=shlex.join(eval_command),
+        train_seconds=sum(entry['seconds'] for entry in log), train_machine=record.get('machine', 'unrecorded'),
+        base_model=config.get('init_from') or (name if config.get('pretrained') else None),
+    )
+    results = dict(dataset=dataset, split=spec.test_split, data_source=source, params=cost.params, macs=cost.macs,
+                   macs_input_size=list(test_size), train_seconds=facts.train_seconds, recipe=config,
+                   **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
+    folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
+    state = model.state_dict()
+    try:
+        write_hub_folder(folder, model, state, render_model_card(facts), dict(xsep_zoo=results), args.overwrite)
+    except FileExistsError as e:
+        sys.exit(str(e))
+    print(f'{folder}: top-1 {metrics["top1"]:.2f} % on {metrics["count"]} images, '
+          f'{cost.params / 1e6:.3f} M params, {cost.macs / 1e6:.2f} M MACs')
+    return folder
+
+
+def main(argv=None) -> Path:
+    return export_run(parse_args(argv))
+
+
+if __name__ == '__main__':
+    main()

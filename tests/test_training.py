@@ -1,0 +1,211 @@
+"""Training, resuming after SIGKILL, evaluation and export, on a slice of the shared CIFAR-10.
+
+The scripts run as the user runs them (subprocesses of `python scripts/...`); one short run is
+shared by the tests that only read it.
+"""
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from xsep_zoo.hub import WeightsError, load_matching_state_dict, sha256_file
+
+from conftest import MODEL, ROOT, TRAIN_ARGS, run_script
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / 'log.jsonl').read_text().splitlines()]
+
+
+def test_two_epochs_on_a_slice(trained_run):
+    log = _log(trained_run)
+    assert [e['epoch'] for e in log] == [1, 2]
+    assert log[1]['train_loss'] < log[0]['train_loss']
+    assert all(e['test_count'] == 256 and 0 <= e['test_top1'] <= e['test_top5'] <= 100 for e in log)
+    assert all(e['images_per_s'] > 0 and e['seconds'] > 0 and e['lr'] >= 0 for e in log)
+    assert json.loads((trained_run / 'checkpoints' / 'latest.json').read_text()) == \
+        {'checkpoint': 'epoch-0002', 'epochs_done': 2}
+    assert (trained_run / 'checkpoints' / 'epoch-0002' / 'model.safetensors').is_file()
+    assert not list((trained_run / 'checkpoints').glob('epoch-0001'))  # only the latest is kept
+    record = json.loads((trained_run / 'config.json').read_text())
+    assert record['config']['lr'] == 0.1 and record['config']['momentum'] == 0.9  # flag, then the paper's recipe
+    assert record['config']['weight_decay'] == 6e-5 and record['command'].startswith('python ')
+    assert (trained_run / 'model.safetensors').is_file()
+
+
+def test_an_existing_run_is_not_overwritten(trained_run, script_env):
+    before = sha256_file(trained_run / 'model.safetensors')
+    result = run_script('train.py', *TRAIN_ARGS, '--output-dir', trained_run, env=script_env, check=False)
+    assert result.returncode != 0 and 'exists; pass --resume' in result.stderr
+    assert sha256_file(trained_run / 'model.safetensors') == before
+
+
+@pytest.mark.parametrize('kill_when', ['mid_epoch', 'saving'])
+def test_resume_after_sigkill_gives_the_same_weights(kill_when, trained_run, tmp_path, script_env, cifar10_dir):
+    run_dir = tmp_path / 'killed'
+    args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=script_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # mid_epoch: once epoch 1 is checkpointed, 0.3 s into epoch 2; saving: as soon as a checkpoint is being written
+    while proc.poll() is None and time.monotonic() < deadline:
+        if kill_when == 'saving' and list(run_dir.glob('checkpoints/.tmp-epoch-*')):
+            break
+        if kill_when == 'mid_epoch' and (run_dir / 'checkpoints' / 'latest.json').is_file():
+            time.sleep(0.3)
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / 'model.safetensors').exists()
+    run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env)
+    assert [e['epoch'] for e in _log(run_dir)] == [1, 2]
+    resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_resume_refuses_other_settings(trained_run, script_env):
+    result = run_script('train.py', '--output-dir', trained_run, '--resume', '--lr', '0.2', env=script_env, check=False)
+    assert result.returncode != 0 and "'lr': (0.1, 0.2)" in result.stderr
+
+
+def test_export_writes_a_hub_folder(exported, trained_run):
+    assert sorted(p.name for p in exported.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((exported / 'config.json').read_text())
+    assert config['architecture'] == MODEL and config['num_classes'] == 10
+    assert config['weights_sha256'] == sha256_file(exported / 'model.safetensors')
+    fields = {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)}
+    assert set(config['pretrained_cfg']) <= fields
+    results = config['xsep_zoo']
+    assert results['count'] == 256 and results['dataset'] == 'cifar10'
+    exported_sd, final_sd = load_file(exported / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
+    assert all(torch.equal(exported_sd[k], final_sd[k]) for k in final_sd)
+    card = (exported / 'README.md').read_text()
+    front = card.split('---')[1]
+    assert 'library_name: timm' in front and 'pipeline_tag: image-classification' in front
+    assert 'model-index' in front and f"value: {round(results['top1'], 2)}" in front
+    assert 'uoft-cs/cifar10' in front
+    assert 'JPEG' in card  # the data is the shared JPEG copy, and the card says so
+    assert f"| {results['top1']:.2f} | {results['top5']:.2f} |" in card
+    assert 'import xsep_zoo' in card and 'scripts/train.py' in card and 'scripts/eval.py' in card
+    assert 'arXiv:2002.12046' in card or '2002.12046' in card
+
+
+def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_path, script_env, cifar10_dir):
+    common = ['--data-source', cifar10_dir, '--limit', '256']
+    run_script('eval.py', '--hub-folder', exported, *common, '--output', tmp_path / 'hub.json', env=script_env)
+    run_script('eval.py', '--checkpoint', trained_run, *common, '--output', tmp_path / 'run.json', env=script_env)
+    run_script('eval.py', '--checkpoint', trained_run / 'checkpoints' / 'epoch-0002', *common,
+               '--output', tmp_path / 'ckpt.json', env=script_env)
+    hub, run, ckpt = (json.loads((tmp_path / f'{n}.json').read_text()) for n in ('hub', 'run', 'ckpt'))
+    keys = ('top1', 'top5', 'loss', 'correct1', 'correct5', 'count')
+    assert [hub[k] for k in keys] == [run[k] for k in keys] == [ckpt[k] for k in keys]
+    card = json.loads((exported / 'config.json').read_text())['xsep_zoo']
+    assert (card['top1'], card['top5'], card['count']) == (hub['top1'], hub['top5'], hub['count'])
+
+
+def test_pretrained_loads_the_local_hub_folder(exported, monkeypatch):
+    monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(exported.parent))
+    model = timm.create_model(MODEL, pretrained=True)
+    expected = load_file(exported / 'model.safetensors')
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    via_dir = timm.create_model(f'local-dir:{exported}', pretrained=True)
+    assert all(torch.equal(via_dir.state_dict()[k], v) for k, v in expected.items())
+    # a new head for another number of classes, the rest pretrained
+    model = timm.create_model(MODEL, pretrained=True, num_classes=3)
+    assert model.classifier.out_features == 3
+    assert torch.equal(model.state_dict()['conv_stem.weight'], expected['conv_stem.weight'])
+
+
+def _copy(folder, dest):
+    dest.mkdir()
+    for p in folder.iterdir():
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'flipped_byte'])
+def test_damaged_weights_are_refused(damage, exported, tmp_path, monkeypatch):
+    folder = _copy(exported, tmp_path / exported.name)
+    weights = folder / 'model.safetensors'
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == 'truncated' else data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+    monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(tmp_path))
+    for create in (lambda: timm.create_model(MODEL, pretrained=True), lambda: timm.create_model(f'local-dir:{folder}', pretrained=True)):
+        with pytest.raises(WeightsError, match=f'{weights}: sha256 .* differs'):
+            create()
+
+
+def test_unreadable_safetensors_file_is_named(tmp_path, trained_run, script_env, cifar10_dir):
+    bad = tmp_path / 'broken.safetensors'
+    bad.write_bytes((trained_run / 'model.safetensors').read_bytes()[:100])
+    result = run_script('eval.py', '--checkpoint', bad, '--model', MODEL, '--dataset', 'cifar10',
+                        '--data-source', cifar10_dir, env=script_env, check=False)
+    assert result.returncode != 0 and f'{bad}: not a readable safetensors file' in result.stderr
+
+
+def test_checkpoint_of_another_architecture_is_refused(trained_run, script_env, cifar10_dir):
+    result = run_script('eval.py', '--checkpoint', trained_run, '--model', 'mobilenetv3_small_dw_100',
+                        '--data-source', cifar10_dir, env=script_env, check=False)
+    assert result.returncode != 0
+    assert 'does not fit' in result.stderr and 'another architecture' in result.stderr
+
+
+def test_export_refuses_an_existing_folder(exported, trained_run, script_env, cifar10_dir):
+    before = {p.name: p.read_bytes() for p in exported.iterdir()}
+    result = run_script('export.py', trained_run, '--hub-root', exported.parent, '--data-source', cifar10_dir,
+                        '--test-limit', '256', env=script_env, check=False)
+    assert result.returncode != 0 and 'exists; pass --overwrite' in result.stderr
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == before
+
+
+@pytest.mark.parametrize('start', ['--pretrained', '--init-from'])
+def test_fine_tuning_starts_from_the_given_weights(start, exported, tmp_path, script_env, cifar10_dir):
+    # lr 0 keeps every weight where it started (BN statistics still move), so the start is visible at the end
+    args = [*TRAIN_ARGS, '--epochs', '1', '--lr', '0', '--train-limit', '128', '--data-source', cifar10_dir,
+            '--output-dir', tmp_path / 'ft']
+    args += ['--pretrained'] if start == '--pretrained' else ['--init-from', exported]
+    env = dict(script_env, XSEP_ZOO_HUB_DIR=str(exported.parent))
+    run_script('train.py', *args, env=env)
+    start_sd, final_sd = load_file(exported / 'model.safetensors'), load_file(tmp_path / 'ft' / 'model.safetensors')
+    for key in ('conv_stem.weight', 'blocks.2.1.conv_dw.conv_2x2.weight', 'classifier.weight'):
+        assert torch.equal(start_sd[key], final_sd[key]), key
+
+
+def test_new_head_when_the_classes_differ(exported):
+    state = load_file(exported / 'model.safetensors')
+    model = timm.create_model(MODEL, num_classes=7)
+    skipped = load_matching_state_dict(model, state, 'the export', new_head_ok=True)
+    assert skipped == ['classifier.bias', 'classifier.weight']
+    assert torch.equal(model.state_dict()['conv_stem.weight'], state['conv_stem.weight'])
+    with pytest.raises(WeightsError, match=r'the export does not fit .*other shape: classifier.bias, classifier.weight'):
+        load_matching_state_dict(timm.create_model(MODEL, num_classes=7), state, 'the export')
+    with pytest.raises(WeightsError, match='missing: .*unexpected: '):
+        load_matching_state_dict(timm.create_model('mobilenetv3_small_dw_050'), state, 'the export', new_head_ok=True)
+
+
+def test_two_processes_shard_the_data_and_count_the_test_set_exactly(tmp_path, script_env, cifar10_dir):
+    """DDP as on several GPUs, here with two CPU processes (gloo): same script, no code change."""
+    run_dir = tmp_path / 'ddp'
+    args = [*TRAIN_ARGS, '--epochs', '1', '--test-limit', '250', '--data-source', cifar10_dir, '--output-dir', run_dir]
+    env = dict(script_env, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1')
+    result = subprocess.run([str(Path(sys.executable).with_name('torchrun')), '--nproc_per_node', '2',
+                             str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '512 train / 250 test images, 8 steps per epoch' in result.stdout  # 2 x 32 images per step
+    assert _log(run_dir)[0]['test_count'] == 250  # 125 per process, none padded in or dropped
+    record = json.loads((run_dir / 'config.json').read_text())
+    assert record['num_processes'] == 2 and record['command'].startswith('accelerate launch --num_processes 2 ')
+    assert (run_dir / 'checkpoints' / 'epoch-0001' / 'random_states_1.pkl').is_file()

@@ -1,0 +1,208 @@
+"""Pretrained weights: the zoo's Hub repos, local copies of them, and loading that never guesses.
+
+A Hub repo of the zoo is a folder `<model>.<tag>/` with `model.safetensors`, timm's `config.json`
+(plus the sha256 of the weights at the top level) and the model card `README.md`. The repository
+keeps these folders in `hub_cards/`; `timm.create_model(name, pretrained=True)` reads the local
+folder when there is one and the Hub otherwise, and in both cases refuses weights whose sha256
+differs from the one recorded at export, rather than falling back to random ones.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    'HUB_DIR_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'WeightsError', 'local_hub_root', 'local_repo_dir',
+    'sha256_file', 'verified_weights', 'load_weights_file', 'find_weights', 'pretrained_weights_overlay', 'load_matching_state_dict',
+    'write_hub_folder',
+]
+
+HUB_DIR_ENV = 'XSEP_ZOO_HUB_DIR'  # another local root of Hub folders, instead of the repository's hub_cards/
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+CARD_NAME = 'README.md'
+SHA256_KEY = 'weights_sha256'  # top-level key of config.json; timm ignores it
+
+
+class WeightsError(RuntimeError):
+    """Weights that must not be loaded: missing, unreadable, altered, or for another network."""
+
+
+def local_hub_root() -> Optional[Path]:
+    env = os.environ.get(HUB_DIR_ENV)
+    if env:
+        return Path(env)
+    default = Path(__file__).resolve().parents[1] / 'hub_cards'
+    return default if default.is_dir() else None
+
+
+def local_repo_dir(hf_hub_id: str) -> Optional[Path]:
+    """The local folder of Hub repo `org/<model>.<tag>` (named `<model>.<tag>`), if it holds a config.json."""
+    root = local_hub_root()
+    if root is None:
+        return None
+    folder = root / hf_hub_id.split('@')[0].split('/')[-1]
+    return folder if (folder / CONFIG_NAME).is_file() else None
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verified_weights(config_path: Path, weights_path: Path) -> Path:
+    """`weights_path`, after checking it against the sha256 that `config_path` records (if it records one)."""
+    if not weights_path.is_file():
+        raise WeightsError(f'{weights_path}: weights file not found')
+    expected = json.loads(config_path.read_text()).get(SHA256_KEY)
+    if expected is not None:
+        actual = sha256_file(weights_path)
+        if actual != expected:
+            raise WeightsError(
+                f'{weights_path}: sha256 {actual} differs from {expected} recorded in {config_path}; '
+                'the file is truncated, corrupt or replaced, refusing to load it')
+    return weights_path
+
+
+def load_weights_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, naming the file in any error."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'{path}: weights file not found')
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f'{path}: not a readable safetensors file ({e})') from e
+
+
+def find_weights(path: Union[str, Path]) -> Path:
+    """The weights behind `path`: a .safetensors file, a Hub folder (checked), a run or checkpoint folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise WeightsError(f'{path}: no such file or folder')
+    if (path / WEIGHTS_NAME).is_file():
+        config = path / CONFIG_NAME
+        return verified_weights(config, path / WEIGHTS_NAME) if config.is_file() else path / WEIGHTS_NAME
+    latest = path / 'checkpoints' / 'latest.json'
+    if latest.is_file():  # a training run still in progress: its last complete checkpoint
+        return path / 'checkpoints' / json.loads(latest.read_text())['checkpoint'] / WEIGHTS_NAME
+    raise WeightsError(
+        f'{path}: found neither {WEIGHTS_NAME} nor checkpoints/latest.json; expected a .safetensors file, '
+        'a Hub folder, a training run or one of its checkpoints')
+
+
+def _download(hf_hub_id: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+    repo_id, _, revision = hf_hub_id.partition('@')
+    return Path(hf_hub_download(repo_id, filename, revision=revision or None))
+
+
+def pretrained_weights_overlay(pretrained_cfg: Mapping[str, Any]) -> Optional[dict]:
+    """A `pretrained_cfg_overlay` that makes timm load checked weights of the zoo, or None to leave timm be.
+
+    A `local-dir:` folder, the local copy of the cfg's Hub repo, or else the Hub repo itself, with
+    its config.json, downloaded through huggingface_hub's cache. Explicit `file`, `state_dict` or
+    `url` sources are the caller's choice and are left to timm.
+    """
+    source = pretrained_cfg.get('source')
+    if source == 'local-dir':
+        folder = Path(pretrained_cfg['file'])
+        config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    elif source in (None, '', 'timm', 'hf-hub') and not any(pretrained_cfg.get(k) for k in ('file', 'state_dict')):
+        hf_hub_id = pretrained_cfg.get('hf_hub_id')
+        if not hf_hub_id:
+            return None
+        folder = local_repo_dir(hf_hub_id) if source != 'hf-hub' else None
+        if folder is not None:
+            config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        else:
+            config, weights = _download(hf_hub_id, CONFIG_NAME), _download(hf_hub_id, WEIGHTS_NAME)
+    else:
+        return None
+    return dict(source='file', file=str(verified_weights(config, weights)))
+
+
+def load_matching_state_dict(
+        model: nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        origin: str,
+        new_head_ok: bool = False,
+) -> list[str]:
+    """Load `state_dict` into `model` if it is the same architecture; returns the keys left at init.
+
+    With `new_head_ok`, a classifier of another size is skipped (fine-tuning to other classes);
+    any other difference is an error that names `origin` and the first mismatching keys.
+    """
+    own = model.state_dict()
+    head = model.pretrained_cfg.get('classifier', 'classifier')
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    head_keys = {k for k in own if k.startswith(head + '.')}
+    skipped = []
+    if new_head_ok and mismatched and set(mismatched) <= head_keys:
+        skipped, mismatched = mismatched, []
+    if missing or unexpected or mismatched:
+        parts = [f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""} ({len(keys)})'
+                 for what, keys in (('missing', missing), ('unexpected', unexpected), ('other shape', mismatched))
+                 if keys]
+        raise WeightsError(
+            f'{origin} does not fit {type(model).__name__} {model.pretrained_cfg.get("architecture")!r} '
+            f'({"; ".join(parts)}): it is a checkpoint of another architecture or width')
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in skipped}, strict=not skipped)
+    return skipped
+
+
+def write_hub_folder(
+        folder: Path,
+        model: nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        card: str,
+        extra_config: Optional[dict] = None,
+        overwrite: bool = False,
+) -> Path:
+    """Write a Hub repo folder (weights, config.json with their sha256, model card), all or nothing.
+
+    Everything is written to a temporary sibling first and moved into place at the end, so an
+    interrupted export leaves no half folder; an existing folder is replaced only with `overwrite`.
+    """
+    from timm.models._hub import save_config_for_hf
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f'{folder} exists; pass --overwrite to replace it')
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={'format': 'pt'})
+        save_config_for_hf(model, str(tmp / CONFIG_NAME))
+        config = json.loads((tmp / CONFIG_NAME).read_text())
+        config.update(extra_config or {})
+        config[SHA256_KEY] = sha256_file(tmp / WEIGHTS_NAME)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
+        (tmp / CARD_NAME).write_text(card)
+        if folder.exists():
+            old = folder.with_name(f'.{folder.name}.old')
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
