@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test
+.PHONY: run test zoo-table
 
 run: $(INSTALLED)
 	$(VENV)/bin/python scripts/model_table.py
 
 test: $(INSTALLED)
 	$(VENV)/bin/python -m pytest -q
+
+# regenerate the README's zoo table and plot from hub_cards/
+zoo-table: $(INSTALLED)
+	$(VENV)/bin/python -m pip install -q -e '.[plot]'
+	$(VENV)/bin/python scripts/zoo_table.py --readme README.md
 
 $(INSTALLED): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

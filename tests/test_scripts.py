@@ -31,3 +31,11 @@ def test_replace_section_refuses_a_readme_without_markers():
         replace_section('<!-- t:start -->\n<!-- t:end -->\n<!-- t:start -->', 't', 'x')
     text = 'a\n<!-- t:start -->\nold\n<!-- t:end -->\nb'
     assert replace_section(text, 't', 'new\n') == 'a\n<!-- t:start -->\nnew\n<!-- t:end -->\nb'
+
+
+def test_readme_zoo_table_is_current():
+    zoo_table = _load_script('zoo_table')
+    root = ROOT / 'hub_cards'
+    table = zoo_table.zoo_table(zoo_table.load_results(root), 'hub_cards/zoo_top1_vs_macs.png')
+    readme = (ROOT / 'README.md').read_text()
+    assert replace_section(readme, 'zoo-table', table) == readme

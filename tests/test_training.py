@@ -209,3 +209,18 @@ def test_two_processes_shard_the_data_and_count_the_test_set_exactly(tmp_path, s
     record = json.loads((run_dir / 'config.json').read_text())
     assert record['num_processes'] == 2 and record['command'].startswith('accelerate launch --num_processes 2 ')
     assert (run_dir / 'checkpoints' / 'epoch-0001' / 'random_states_1.pkl').is_file()
+
+
+def test_optional_recipe_flags(tmp_path, script_env, cifar10_dir):
+    """EMA, bf16 autocast, label smoothing, clipping and NCHW all run; the exported weights are the EMA ones."""
+    run_dir = tmp_path / 'flags'
+    args = [*TRAIN_ARGS, '--epochs', '1', '--train-limit', '256', '--test-limit', '64', '--ema-decay', '0.5',
+            '--mixed-precision', 'bf16', '--label-smoothing', '0.1', '--clip-grad', '1.0', '--no-channels-last',
+            '--data-source', cifar10_dir, '--output-dir', run_dir]
+    run_script('train.py', *args, env=script_env)
+    config = json.loads((run_dir / 'config.json').read_text())['config']
+    assert (config['ema_decay'], config['mixed_precision'], config['channels_last']) == (0.5, 'bf16', False)
+    final = load_file(run_dir / 'model.safetensors')
+    model_state = load_file(run_dir / 'checkpoints' / 'epoch-0001' / 'model.safetensors')
+    key = 'conv_stem.weight'
+    assert not torch.equal(final[key], model_state[key])  # EMA weights (timm's EMA copies for 2 steps, then decays)

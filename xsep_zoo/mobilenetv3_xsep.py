@@ -213,7 +213,12 @@ MODEL_NAMES = (
     'mobilenetv3_small_xsep_sympad_100', 'mobilenetv3_small_xsep_asympad_100',
 )
 
-default_cfgs = generate_default_cfgs({f'{name}.cifar10': _cfg(name) for name in MODEL_NAMES})
+default_cfgs = generate_default_cfgs({
+    **{f'{name}.cifar10': _cfg(name) for name in MODEL_NAMES},  # the first tag is each model's default
+    # the main pair is trained with a second seed too
+    **{f'{name}.cifar10_seed1': _cfg(name, tag='cifar10_seed1')
+       for name in ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')},
+})
 
 
 @register_model

@@ -1,0 +1,64 @@
+"""Load the zoo's pretrained models, evaluate them, and print the result next to their model cards.
+
+    python scripts/reproduce.py                                   # the paper's model and its baseline
+    python scripts/reproduce.py mobilenetv3_small_xsep_k7_100.cifar10 --data-source /path/to/cifar10
+
+Each model is created with `timm.create_model(name, pretrained=True)` (the local Hub folder in
+hub_cards/, else the Hub) and tested on its dataset's whole test split: the shared CIFAR-10 copy
+next to this repository when it is there, the Hub dataset otherwise. Exits with status 1 when a
+measurement differs from its card.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import timm
+
+import xsep_zoo  # noqa: F401  registers the models
+from xsep_zoo.data import DATASETS, load_test
+from xsep_zoo.engine import evaluate_model
+from xsep_zoo.hub import CONFIG_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / 'shared' / 'datasets'  # local copies, where this workplace has them
+DEFAULT_MODELS = ('mobilenetv3_small_xsep', 'mobilenetv3_small_dw_100')
+
+
+def card_results(model) -> dict:
+    """The measured results recorded in the config.json beside the weights the model was loaded from."""
+    config = Path(model.pretrained_cfg['file']).with_name(CONFIG_NAME)
+    return json.loads(config.read_text())['xsep_zoo']
+
+
+def main(argv=None) -> bool:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('models', nargs='*', default=DEFAULT_MODELS, help='model names, optionally name.tag')
+    p.add_argument('--data-source', help=f'local dataset folder (default: {SHARED_DATA}/<dataset> if present)')
+    args = p.parse_args(argv)
+
+    rows, all_equal, tests = [], True, {}
+    for name in args.models:
+        model = timm.create_model(name, pretrained=True)
+        card = card_results(model)
+        dataset = card['dataset']
+        if dataset not in tests:
+            local = SHARED_DATA / dataset
+            source = args.data_source or (str(local) if local.is_dir() else None)
+            tests[dataset] = (load_test(dataset, source=source), source or DATASETS[dataset].hub_id)
+        test, where = tests[dataset]
+        measured = evaluate_model(model, test, DATASETS[dataset])
+        equal = all(measured[k] == card[k] for k in ('top1', 'top5', 'count'))
+        all_equal &= equal
+        rows.append(f'| `{name}` | {dataset} ({where}) | {measured["top1"]:.2f} | {card["top1"]:.2f} '
+                    f'| {measured["top5"]:.2f} | {card["top5"]:.2f} | {measured["count"]} | {"yes" if equal else "NO"} |')
+    print('| model | test set | top-1 measured | top-1 card | top-5 measured | top-5 card | images | same |')
+    print('|---|---|---:|---:|---:|---:|---:|---|')
+    print('\n'.join(rows))
+    if not all_equal:
+        print('a measurement differs from its model card', file=sys.stderr)
+    return all_equal
+
+
+if __name__ == '__main__':
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,115 @@
+"""Work through the zoo's CIFAR-10 training queue: train, resume, export, one model at a time.
+
+    python scripts/train_queue.py --hours 2.5            # what fits in the next 2.5 hours
+    python scripts/train_queue.py --hours 2.5 --parallel 2 --dry-run
+
+Each entry is trained with the zoo's recipe (the paper's CIFAR recipe shortened to 20 epochs with
+1 warm-up epoch) in runs/<model>.cifar10.seed<seed>, resumed if a run was cut off, and exported
+to hub_cards/<model>.<tag>/ when finished. Entries already in hub_cards/ are skipped. A run is only
+started when it can finish within --hours, judged from the epoch times of runs already logged.
+With --parallel N, N runs share the CPU with one thread each.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / 'shared' / 'datasets' / 'cifar10'
+RECIPE = ['--dataset', 'cifar10', '--epochs', '20', '--warmup-epochs', '1']
+# In the order of the issue: the main pair with two seeds, the ablations, kernel sizes, width 0.5.
+QUEUE = [
+    ('mobilenetv3_small_dw_100', 0), ('mobilenetv3_small_xsep_100', 0),
+    ('mobilenetv3_small_dw_100', 1), ('mobilenetv3_small_xsep_100', 1),
+    *[(f'mobilenetv3_small_xsep_{a}_100', 0) for a in ('no2x2', 'b', 'p', 'sympad', 'asympad')],
+    ('mobilenetv3_small_dw_k7_100', 0), ('mobilenetv3_small_xsep_k7_100', 0),
+    ('mobilenetv3_small_dw_ds7_100', 0), ('mobilenetv3_small_xsep_ds7_100', 0),
+    ('mobilenetv3_small_dw_050', 0), ('mobilenetv3_small_xsep_050', 0),
+]
+
+
+def tag(seed: int) -> str:
+    """The first seed is the `cifar10` tag; others are `cifar10_seed<N>`."""
+    return 'cifar10' if seed == 0 else f'cifar10_seed{seed}'
+
+
+def run_dir(model: str, seed: int) -> Path:
+    return ROOT / 'runs' / f'{model}.cifar10.seed{seed}'
+
+
+def epoch_seconds() -> float:
+    """The slowest epoch logged by any zoo run so far (a conservative guess), or 3 min if none."""
+    times = [json.loads(line)['seconds'] for log in (ROOT / 'runs').glob('*.cifar10.seed*/log.jsonl')
+             for line in log.read_text().splitlines()]
+    return max(times, default=180.0)
+
+
+def remaining_epochs(model: str, seed: int) -> int:
+    log = run_dir(model, seed) / 'log.jsonl'
+    done = len(log.read_text().splitlines()) if log.is_file() else 0
+    return 20 - done
+
+
+def start(model: str, seed: int, threads: int) -> subprocess.Popen:
+    folder = run_dir(model, seed)
+    args = ['--output-dir', str(folder), '--resume'] if (folder / 'config.json').is_file() else \
+        ['--model', model, '--seed', str(seed), '--data-source', str(DATA), *RECIPE, '--output-dir', str(folder)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
+    folder.parent.mkdir(exist_ok=True)
+    out = open(folder.parent / f'{folder.name}.out', 'a')
+    return subprocess.Popen([sys.executable, str(ROOT / 'scripts' / 'train.py'), *args], env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def export(model: str, seed: int) -> None:
+    subprocess.run([sys.executable, str(ROOT / 'scripts' / 'export.py'), str(run_dir(model, seed)),
+                    '--tag', tag(seed), '--data-source', str(DATA)], check=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--hours', type=float, required=True, help='time left; no run starts that cannot finish in it')
+    p.add_argument('--parallel', type=int, default=1, help='runs at a time, one thread each when > 1')
+    p.add_argument('--dry-run', action='store_true', help='say what would run')
+    args = p.parse_args(argv)
+    deadline = time.monotonic() + args.hours * 3600
+    todo = [(m, s) for m, s in QUEUE if not (ROOT / 'hub_cards' / f'{m}.{tag(s)}').is_dir()]
+    if args.dry_run:
+        free_at = [time.monotonic()] * args.parallel  # when each slot would be free
+        for model, seed in todo:
+            needed = remaining_epochs(model, seed) * epoch_seconds() + 120
+            slot = free_at.index(min(free_at))
+            if free_at[slot] + needed > deadline:
+                break
+            free_at[slot] += needed
+            print(f'would train {model} seed {seed}: about {needed / 60:.0f} min, '
+                  f'done {(free_at[slot] - time.monotonic()) / 60:.0f} min from now')
+        return
+    threads = 1 if args.parallel > 1 else (os.cpu_count() or 1)
+    running: dict = {}
+    while todo or running:
+        for key, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[key]
+                if proc.returncode != 0:
+                    sys.exit(f'training {key} failed with status {proc.returncode}; see runs/*.out')
+                export(*key)
+        while todo and len(running) < args.parallel:
+            model, seed = todo[0]
+            needed = remaining_epochs(model, seed) * epoch_seconds() + 120  # + export
+            if time.monotonic() + needed > deadline:
+                print(f'not starting {model} seed {seed}: it needs about {needed / 60:.0f} min, '
+                      f'{(deadline - time.monotonic()) / 60:.0f} min are left')
+                todo = []
+                break
+            todo.pop(0)
+            print(f'training {model} seed {seed} (about {needed / 60:.0f} min)', flush=True)
+            running[(model, seed)] = start(model, seed, threads)
+        time.sleep(10)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,40 @@
+"""The published zoo: every Hub folder in hub_cards/ reproduces its model card exactly."""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+
+from conftest import ROOT, run_script
+from xsep_zoo.data import DATASETS, load_test
+from xsep_zoo.engine import evaluate_model
+
+PUBLISHED = sorted(p.parent for p in (ROOT / 'hub_cards').glob('*/config.json'))
+
+
+@pytest.mark.parametrize('folder', PUBLISHED, ids=lambda p: p.name)
+def test_published_model_matches_its_card(folder, cifar10_dir, monkeypatch):
+    monkeypatch.delenv('XSEP_ZOO_HUB_DIR', raising=False)
+    config = json.loads((folder / 'config.json').read_text())
+    card = config['xsep_zoo']
+    name = folder.name  # '<model>.<tag>': the registered tag must load exactly this folder
+    assert name in timm.list_pretrained(), f'{name} is not a registered pretrained tag'
+    model = timm.create_model(name, pretrained=True)
+    assert Path(model.pretrained_cfg['file']).parent == folder
+    dataset = card['dataset']
+    test = load_test(dataset, source=cifar10_dir if dataset == 'cifar10' else None)
+    measured = evaluate_model(model, test, DATASETS[dataset])
+    assert measured['count'] == len(test) == card['count']
+    assert (measured['top1'], measured['top5']) == (card['top1'], card['top5'])
+    readme = (folder / 'README.md').read_text()
+    assert f'| {card["top1"]:.2f} | {card["top5"]:.2f} | {card["loss"]:.4f} | {card["count"]} |' in readme
+
+
+def test_reproduce_reports_a_card_it_does_not_match(exported, script_env, cifar10_dir):
+    # the test export was measured on 256 images, so the whole test split cannot reproduce it
+    env = dict(script_env, XSEP_ZOO_HUB_DIR=str(exported.parent))
+    name = exported.name
+    result = run_script('reproduce.py', name, '--data-source', cifar10_dir, env=env, check=False)
+    assert result.returncode == 1, result.stderr
+    assert f'| `{name}` | cifar10 ({cifar10_dir}) |' in result.stdout and '| 10000 | NO |' in result.stdout
+    assert 'differs from its model card' in result.stderr
