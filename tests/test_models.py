@@ -226,3 +226,24 @@ def test_torchscript_and_trace(name):
         ref = model(x)
         torch.testing.assert_close(torch.jit.script(model)(x), ref)
         torch.testing.assert_close(torch.jit.trace(model, x)(x), ref)
+
+
+@pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_100', 'mobilenetv3_small_xsep_b_100',
+                                  'mobilenetv3_small_xsep_p_100', 'mobilenetv3_small_xsep_ds7_100'])
+def test_timm_reparameterize_model(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    model(torch.randn(8, 3, 32, 32))  # one training-mode pass: BN statistics that are not the identity
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    fused = timm.utils.reparameterize_model(model)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+        assert (out - ref).abs().max() <= 1e-5
+        torch.testing.assert_close(torch.jit.script(fused)(x), out)
+        torch.testing.assert_close(torch.jit.trace(fused, x)(x), out)
+    xseps = [m for m in fused.modules() if isinstance(m, xsep_zoo.XSepConv)]
+    assert xseps and all(m.fused for m in xseps)
+    assert not any(m.fused for m in model.modules() if isinstance(m, xsep_zoo.XSepConv))  # a copy was fused
+    with pytest.raises(RuntimeError, match='cannot be trained'):
+        fused.train()

@@ -164,3 +164,44 @@ def test_symmetric_equals_padding_each_group():
     assert torch.allclose(layer(x), torch.cat(parts, dim=1))
     assert [PAD_DIRECTIONS[d] for d in ('right_bottom', 'left_top', 'left_bottom', 'right_top')] == \
         [(0, 1, 0, 1), (1, 0, 1, 0), (1, 0, 0, 1), (0, 1, 1, 0)]
+
+
+# --- inference form ---------------------------------------------------------------------------
+
+def _randomize_bn(module):
+    g = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
+
+@pytest.mark.parametrize('variant, stride', [('standard', 1), ('standard', 2), ('no2x2', 1), ('behind', 1),
+                                             ('behind', 2), ('parallel', 1)])
+def test_reparameterize_keeps_the_function(variant, stride):
+    torch.manual_seed(0)
+    m = XSepConv(24, 5, stride=stride, variant=variant, padding_mode='symmetric', act_layer=nn.Hardswish)
+    _randomize_bn(m)
+    m.eval()
+    x = torch.randn(4, 24, 12, 12)
+    with torch.no_grad():
+        ref = m(x)
+        m.reparameterize()
+        fused = m(x)
+        m.reparameterize()  # idempotent
+        again = m(x)
+    assert m.fused and not any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
+    assert (fused - ref).abs().max() <= 1e-5
+    assert torch.equal(again, fused)
+
+
+def test_reparameterized_xsepconv_refuses_training():
+    m = XSepConv(8, 3)
+    with pytest.raises(RuntimeError, match='call it in eval mode'):
+        m.reparameterize()
+    m.eval().reparameterize()
+    with pytest.raises(RuntimeError, match='reparameterized for inference .* cannot be trained'):
+        m.train()
+    m.eval()  # eval mode stays allowed

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     'PAD_DIRECTIONS', 'PADDING_MODES', 'XSEP_VARIANTS', 'PaddedConv2x2', 'XSepConv',
@@ -142,6 +143,32 @@ class XSepConv(nn.Module):
         self.conv_kx1 = _depthwise(channels, (k, 1), (stride, 1))
         self.bn_kx1 = bn_act(variant == 'behind')
 
+        self.fused = False
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold each internal BatchNorm into the conv before it, for inference; idempotent.
+
+        In eval mode the result computes the same function with fewer passes over memory. It keeps
+        no batch statistics, so it cannot train: switching it to training mode raises an error.
+        Called by `timm.utils.reparameterize_model`.
+        """
+        if self.fused:
+            return
+        if self.training:
+            raise RuntimeError('reparameterize() folds BatchNorm running statistics: call it in eval mode')
+        self.conv_2x2, self.bn_2x2 = _fold_bn(self.conv_2x2, self.bn_2x2)
+        self.conv_1xk, self.bn_1xk = _fold_bn(self.conv_1xk, self.bn_1xk)
+        self.conv_kx1, self.bn_kx1 = _fold_bn(self.conv_kx1, self.bn_kx1)
+        self.fused = True
+
+    def train(self, mode: bool = True):
+        if mode and self.fused:
+            raise RuntimeError(
+                'this XSepConv was reparameterized for inference (its BatchNorms are folded into the convs) '
+                'and cannot be trained; train the model before reparameterize_model(), or build a fresh one')
+        return super().train(mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.variant == 'parallel':
             return self.bn_2x2(self.conv_2x2(x)) + self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
@@ -152,6 +179,13 @@ class XSepConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f'kernel_size={self.kernel_size}, stride={self.stride}, variant={self.variant!r}'
+
+
+def _fold_bn(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(conv with the BN folded in, what remains of the BN: its activation); identities pass through."""
+    if isinstance(bn, nn.Identity):
+        return conv, bn
+    return fuse_conv_bn_eval(conv, bn), nn.Sequential(bn.drop, bn.act)
 
 
 def improved_padding_plan(num_layers: int) -> list[str]:
