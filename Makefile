@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: run test zoo-table
 
 run: $(INSTALLED)
-	$(VENV)/bin/python scripts/model_table.py
+	$(VENV)/bin/python scripts/reproduce.py
 
 test: $(INSTALLED)
 	$(VENV)/bin/python -m pytest -q

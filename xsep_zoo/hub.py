@@ -195,6 +195,8 @@ def write_hub_folder(
         config[SHA256_KEY] = sha256_file(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
         (tmp / CARD_NAME).write_text(card)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and save_file create them private
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if folder.exists():
             old = folder.with_name(f'.{folder.name}.old')
             shutil.rmtree(old, ignore_errors=True)
