@@ -189,7 +189,7 @@ def test_kwargs_override_the_variant():
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="unknown padding strategy 'diagonal'; allowed: 'improved'"):
         timm.create_model('mobilenetv3_small_xsep', padding='diagonal')
-    with pytest.raises(ValueError, match="unknown xsep_variant 'sideways'; allowed: standard"):
+    with pytest.raises(ValueError, match="unknown xsep_variant 'sideways'; allowed: 'standard', 'no2x2', 'behind', 'parallel'"):
         timm.create_model('mobilenetv3_small_xsep', xsep_variant='sideways')
     with pytest.raises(ValueError, match="depthwise op 'xsep4': kernel size must be odd and >= 3, got 4"):
         timm.create_model('mobilenetv3_small_dw_100', ops={MID: 'xsep4'})

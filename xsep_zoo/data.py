@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import metadata_load
 
+from ._checks import check_choice
 from .constants import (
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, SVHN_MEAN, SVHN_STD, TINY_IMAGENET_MEAN,
     TINY_IMAGENET_STD,
@@ -32,10 +33,6 @@ __all__ = [
 AUGMENTATIONS = ('crop_flip', 'none', 'random_resized_crop_flip')
 _DECODE_CHUNK = 4096  # rows decoded per step: bounds the memory held in encoded bytes
 
-
-def _check_choice(what: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f'unknown {what} {value!r}; allowed: {", ".join(map(repr, allowed))}')
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,7 @@ class DatasetSpec:
     augmentation: str
 
     def __post_init__(self):
-        _check_choice('augmentation', self.augmentation, AUGMENTATIONS)
+        check_choice('augmentation', self.augmentation, AUGMENTATIONS)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -102,7 +99,7 @@ Source = str | Path | Mapping[str, str | Path | Sequence[str | Path]] | None
 
 def get_spec(dataset: str) -> DatasetSpec:
     """The spec of a dataset by name; the error lists the names there are."""
-    _check_choice('dataset', dataset, tuple(DATASETS))
+    check_choice('dataset', dataset, tuple(DATASETS))
     return DATASETS[dataset]
 
 

@@ -25,6 +25,7 @@ from timm.models._efficientnet_builder import (
 )
 from timm.models.mobilenetv3 import MobileNetV3
 
+from ._checks import check_choice
 from .constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HUB_ORG
 from .hub import pretrained_weights_overlay
 from .xsepconv import XSEP_VARIANTS, PaddedConv2x2, XSepConv, padding_plan
@@ -98,8 +99,7 @@ class XSepMobileNetV3(MobileNetV3):
             **kwargs,
     ):
         super().__init__(block_args, **kwargs)
-        if xsep_variant not in XSEP_VARIANTS:
-            raise ValueError(f'unknown xsep_variant {xsep_variant!r}; allowed: {", ".join(XSEP_VARIANTS)}')
+        check_choice('xsep_variant', xsep_variant, XSEP_VARIANTS)
         if small_input:
             # The builder assumed a stride-2 stem; a stride-1 stem halves every reduction it recorded.
             self.conv_stem.stride = (1, 1)

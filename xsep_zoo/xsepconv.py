@@ -10,13 +10,15 @@ side, which shifts the features by half a pixel. `improved_padding_plan` picks t
 so that the shifts cancel over the whole network (the paper's improved symmetric padding); the
 'symmetric' mode is the per-layer grouped padding of Wu et al. 2019 (arXiv:1903.08385).
 """
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ._checks import check_choice
 
 __all__ = [
     'PAD_DIRECTIONS', 'PADDING_MODES', 'XSEP_VARIANTS', 'PaddedConv2x2', 'XSepConv',
@@ -35,10 +37,6 @@ _DIRECTION_CYCLE = ('right_bottom', 'left_top', 'left_bottom', 'right_top')
 PADDING_MODES = (*PAD_DIRECTIONS, 'symmetric')
 XSEP_VARIANTS = ('standard', 'no2x2', 'behind', 'parallel')
 
-
-def _check_choice(what: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f'unknown {what} {value!r}; allowed: {", ".join(map(repr, allowed))}')
 
 
 def symmetric_pad_groups(channels: int) -> list[int]:
@@ -66,7 +64,7 @@ class PaddedConv2x2(nn.Conv2d):
 
     @pad_mode.setter
     def pad_mode(self, mode: str) -> None:
-        _check_choice('padding mode', mode, PADDING_MODES)
+        check_choice('padding mode', mode, PADDING_MODES)
         self._pad_mode = mode
         # channel groups and the F.pad of each, resolved once here rather than in every forward
         if mode == 'symmetric':
@@ -124,7 +122,7 @@ class XSepConv(nn.Module):
             raise ValueError(f'XSepConv kernel_size must be an odd int >= 3, got {kernel_size!r}')
         if stride not in (1, 2):
             raise ValueError(f'XSepConv stride must be 1 or 2, got {stride!r}')
-        _check_choice('XSepConv variant', variant, XSEP_VARIANTS)
+        check_choice('XSepConv variant', variant, XSEP_VARIANTS)
         if variant == 'parallel' and stride != 1:
             raise ValueError("XSepConv variant 'parallel' is defined for stride 1 only, got stride 2")
         self.variant = variant
@@ -209,7 +207,7 @@ def padding_plan(strategy: str, num_layers: int) -> list[str]:
     'improved' is the paper's plan; any single padding mode ('symmetric', 'right_bottom', ...) is
     used for every layer.
     """
-    _check_choice('padding strategy', strategy, PADDING_STRATEGIES)
+    check_choice('padding strategy', strategy, PADDING_STRATEGIES)
     if strategy == 'improved':
         return improved_padding_plan(num_layers)
     return [strategy] * num_layers
