@@ -18,7 +18,7 @@ import timm
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo.data import DATASETS, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import CONFIG_NAME, find_weights, load_matching_state_dict, load_weights_file
+from xsep_zoo.hub import CONFIG_NAME, load_weights_into
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,9 +62,8 @@ def load_model(args: argparse.Namespace):
     name, dataset = args.model or run.get('model'), args.dataset or run.get('dataset')
     if not name or not dataset:
         sys.exit(f'{args.checkpoint}: no training record found; pass --model and --dataset')
-    weights = find_weights(args.checkpoint)
     model = timm.create_model(name, num_classes=DATASETS[dataset].num_classes)
-    load_matching_state_dict(model, load_weights_file(weights), str(weights))
+    weights, _ = load_weights_into(model, args.checkpoint)
     return model, dataset, str(weights)
 
 

@@ -21,7 +21,7 @@ from xsep_zoo import count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import WEIGHTS_NAME, load_matching_state_dict, load_weights_file, local_hub_root, write_hub_folder
+from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, local_hub_root, write_hub_folder
 from xsep_zoo.model_card import CardFacts, render_model_card
 
 
@@ -60,7 +60,7 @@ def export_run(args: argparse.Namespace) -> Path:
     source = args.data_source or config['data_source']
 
     model = timm.create_model(name, num_classes=spec.num_classes)
-    load_matching_state_dict(model, load_weights_file(weights), str(weights))
+    load_weights_into(model, weights)
     repo_id = f'{HUB_ORG}/{name}.{tag}'
     input_size = (3, spec.train_size, spec.train_size)
     test_size = (3, spec.image_size, spec.image_size)

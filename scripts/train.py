@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import save_file
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 import xsep_zoo
 from xsep_zoo.data import DATASETS, load_test, load_train
 from xsep_zoo.engine import describe_machine, evaluate, image_loader, prepare_images, step_generator, warmup_cosine
-from xsep_zoo.hub import find_weights, load_matching_state_dict, load_weights_file
+from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, save_weights_file
 
 PAPER_RECIPE = dict(
     batch_size=128, momentum=0.9, weight_decay=6e-5, warmup_epochs=5, drop_rate=0.2,
@@ -207,8 +206,7 @@ def training_function(config: dict, run_dir: Path, resume: bool) -> None:
     model = timm.create_model(config['model'], num_classes=spec.num_classes, drop_rate=config['drop_rate'],
                               pretrained=bool(config['pretrained']))
     if config['init_from']:
-        weights = find_weights(config['init_from'])
-        skipped = load_matching_state_dict(model, load_weights_file(weights), str(weights), new_head_ok=True)
+        weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
         accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
     memory_format = torch.channels_last if config['channels_last'] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -273,10 +271,7 @@ def training_function(config: dict, run_dir: Path, resume: bool) -> None:
 
     if accelerator.is_main_process:
         final = ema.module if ema is not None else accelerator.unwrap_model(model)
-        state = {k: v.detach().cpu().contiguous() for k, v in final.state_dict().items()}
-        tmp = run_dir / '.model.safetensors.tmp'
-        save_file(state, tmp, metadata={'format': 'pt'})
-        os.replace(tmp, run_dir / 'model.safetensors')
+        save_weights_file(final.state_dict(), run_dir / WEIGHTS_NAME)
     accelerator.end_training()
 
 

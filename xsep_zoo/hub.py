@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     'HUB_DIR_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'WeightsError', 'local_hub_root', 'local_repo_dir',
-    'sha256_file', 'verified_weights', 'load_weights_file', 'find_weights', 'pretrained_weights_overlay', 'load_matching_state_dict',
+    'sha256_file', 'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights', 'pretrained_weights_overlay', 'load_matching_state_dict',
     'write_hub_folder',
 ]
 
@@ -84,6 +84,23 @@ def load_weights_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f'{path}: not a readable safetensors file ({e})') from e
+
+
+def save_weights_file(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """Write weights as safetensors (plain contiguous CPU tensors), replacing `path` only once complete."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp, metadata={'format': 'pt'})
+    os.replace(tmp, path)
+
+
+def load_weights_into(model: nn.Module, path: Union[str, Path], new_head_ok: bool = False) -> tuple[Path, list[str]]:
+    """Find the weights behind `path` (see find_weights) and load them into `model` if they fit it.
+
+    Returns the weights file and the keys left at init (a new head, with `new_head_ok`).
+    """
+    weights = find_weights(path)
+    return weights, load_matching_state_dict(model, load_weights_file(weights), str(weights), new_head_ok)
 
 
 def find_weights(path: Union[str, Path]) -> Path:
@@ -187,8 +204,7 @@ def write_hub_folder(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
     try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={'format': 'pt'})
+        save_weights_file(state_dict, tmp / WEIGHTS_NAME)
         save_config_for_hf(model, str(tmp / CONFIG_NAME))
         config = json.loads((tmp / CONFIG_NAME).read_text())
         config.update(extra_config or {})
