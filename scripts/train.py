@@ -44,8 +44,9 @@ PRESETS = {
     'svhn': dict(epochs=20, lr=0.35),
     'tiny_imagenet': dict(epochs=200, lr=0.15),
 }
-# What a resumed run may set differently from the run it continues.
-RESUME_FREE = ('resume', 'output_dir')
+# What a resumed run may set differently from the run it continues: where it is, and how fast it runs.
+RESUME_FREE = ('resume', 'output_dir', 'compile')
+COMPILE_MODES = ('off', 'default', 'reduce-overhead', 'max-autotune')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--test-limit', type=int, help='test on a seeded random subset of this many images')
     p.add_argument('--output-dir', required=True, type=Path, help='run directory; must not exist unless --resume')
     p.add_argument('--resume', action='store_true', help='continue the run in --output-dir from its last checkpoint')
+    p.add_argument('--compile', choices=COMPILE_MODES, default='off',
+                   help="torch.compile mode for the model (default off); 'reduce-overhead' adds CUDA graphs on GPU")
     g = p.add_argument_group('recipe (default: the paper\'s, per dataset)')
     g.add_argument('--epochs', type=int)
     g.add_argument('--warmup-epochs', type=int)
@@ -180,7 +183,7 @@ def _truncate_log(log_path: Path, epochs_done: int) -> None:
         _write_atomic(log_path, ''.join(line + '\n' for line in lines))
 
 
-def training_function(config: dict, run_dir: Path, resume: bool) -> None:
+def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: str = 'off') -> None:
     accelerator = Accelerator(mixed_precision=config['mixed_precision'])
     set_seed(config['seed'])
     spec = DATASETS[config['dataset']]
@@ -210,6 +213,8 @@ def training_function(config: dict, run_dir: Path, resume: bool) -> None:
         accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
     memory_format = torch.channels_last if config['channels_last'] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    if compile_mode != 'off':
+        model.compile(mode=compile_mode)  # in place: the state_dict keeps its keys
     optimizer = torch.optim.SGD(model.parameters(), lr=config['lr'], momentum=config['momentum'],
                                 weight_decay=config['weight_decay'])
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
@@ -242,6 +247,8 @@ def training_function(config: dict, run_dir: Path, resume: bool) -> None:
         bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{config["epochs"]}', leave=False,
                    disable=not accelerator.is_local_main_process)
         for step, (images, labels) in enumerate(bar):
+            if compile_mode == 'reduce-overhead':
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             generator = step_generator(accelerator.device, config['seed'], epoch, step, accelerator.process_index)
             inputs = prepare_images(images, spec, config['channels_last'], generator)
             loss = F.cross_entropy(model(inputs), labels, label_smoothing=config['label_smoothing'])
@@ -278,7 +285,7 @@ def training_function(config: dict, run_dir: Path, resume: bool) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = resolve_config(args)
-    training_function(config, args.output_dir, args.resume)
+    training_function(config, args.output_dir, args.resume, args.compile)
 
 
 if __name__ == '__main__':
