@@ -3,6 +3,7 @@
     python scripts/eval.py --model mobilenetv3_small_xsep --pretrained           # the zoo's weights
     python scripts/eval.py --checkpoint runs/x                                     # a training run or checkpoint
     python scripts/eval.py --hub-folder hub_cards/mobilenetv3_small_xsep_100.cifar10
+    python scripts/eval.py --model mobilenetv3_small_xsep --pretrained --reparameterize  # the inference form
     ... --data-source ../shared/datasets/cifar10 --output results.json
 
 Model and dataset default to what the run or Hub folder records. Always fp32, full test split.
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import timm
+from timm.utils import reparameterize_model
 
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo.data import DATASETS, load_test
@@ -32,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--data-source', help='local dataset folder in the Hub layout (default: the Hub id)')
     p.add_argument('--limit', type=int, help='evaluate a seeded random subset of this many test images')
     p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--reparameterize', action='store_true',
+                   help='evaluate the inference form: timm.utils.reparameterize_model (BN folded into the convs)')
     p.add_argument('--output', type=Path, help='also write the result as JSON here')
     return p.parse_args(argv)
 
@@ -72,10 +76,13 @@ def main(argv=None) -> dict:
     model, dataset, weights = load_model(args)
     if dataset not in DATASETS:
         sys.exit(f'unknown dataset {dataset!r} for these weights; pass --dataset, one of: {", ".join(sorted(DATASETS))}')
+    if args.reparameterize:
+        model = reparameterize_model(model.eval())
     test = load_test(dataset, source=args.data_source, limit=args.limit)
     metrics = evaluate_model(model, test, DATASETS[dataset], batch_size=args.batch_size)
     result = dict(model=model.pretrained_cfg.get('architecture'), weights=weights, dataset=dataset,
-                  split=DATASETS[dataset].test_split, data_source=args.data_source, **metrics,
+                  split=DATASETS[dataset].test_split, data_source=args.data_source,
+                  reparameterized=args.reparameterize, **metrics,
                   command='python ' + shlex.join(sys.argv))
     print(f'{result["model"]} on {dataset} {result["split"]} ({metrics["count"]} images): '
           f'top-1 {metrics["top1"]:.2f} %, top-5 {metrics["top5"]:.2f} %, loss {metrics["loss"]:.4f}')

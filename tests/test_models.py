@@ -247,3 +247,20 @@ def test_timm_reparameterize_model(name):
     assert not any(m.fused for m in model.modules() if isinstance(m, xsep_zoo.XSepConv))  # a copy was fused
     with pytest.raises(RuntimeError, match='cannot be trained'):
         fused.train()
+
+
+def test_fused_model_exports_to_onnx(tmp_path):
+    import onnxruntime
+    torch.manual_seed(0)
+    model = timm.create_model('mobilenetv3_small_xsep_sympad_100')  # symmetric padding: the 3x3 form per group
+    model(torch.randn(8, 3, 32, 32))
+    fused = timm.utils.reparameterize_model(model.eval())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = fused(x)
+    path = tmp_path / 'model.onnx'
+    torch.onnx.export(fused, (x,), path, input_names=['input'], output_names=['logits'])
+    session = onnxruntime.InferenceSession(str(path))
+    (out,) = session.run(None, {'input': x.numpy()})
+    assert out.shape == (2, 10)
+    assert abs(torch.from_numpy(out) - ref).max() <= 1e-5

@@ -115,6 +115,24 @@ def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_pat
     assert (card['top1'], card['top5'], card['count']) == (hub['top1'], hub['top5'], hub['count'])
 
 
+def test_eval_of_the_inference_form_equals_the_plain_eval(exported, tmp_path, script_env, cifar10_dir):
+    common = ['--hub-folder', exported, '--data-source', cifar10_dir, '--limit', '256']
+    run_script('eval.py', *common, '--output', tmp_path / 'plain.json', env=script_env)
+    run_script('eval.py', *common, '--reparameterize', '--output', tmp_path / 'fused.json', env=script_env)
+    plain, fused = (json.loads((tmp_path / f'{n}.json').read_text()) for n in ('plain', 'fused'))
+    assert fused['reparameterized'] and not plain['reparameterized']
+    keys = ('correct1', 'correct5', 'count')
+    assert [fused[k] for k in keys] == [plain[k] for k in keys]
+    assert fused['loss'] == pytest.approx(plain['loss'], abs=1e-5)
+
+
+def test_compile_is_a_speed_setting_free_on_resume(trained_run, script_env):
+    before = (trained_run / 'model.safetensors').read_bytes()
+    run_script('train.py', '--output-dir', trained_run, '--resume', '--compile', 'default', env=script_env)
+    assert (trained_run / 'model.safetensors').read_bytes() == before  # a finished run: nothing left to train
+    assert 'compile' not in json.loads((trained_run / 'config.json').read_text())['config']
+
+
 def test_pretrained_loads_the_local_hub_folder(exported, monkeypatch):
     monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(exported.parent))
     model = timm.create_model(MODEL, pretrained=True)

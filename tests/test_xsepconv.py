@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from xsep_zoo import PaddedConv2x2, XSepConv, count_cost, improved_padding_plan, padding_plan, symmetric_pad_groups
-from xsep_zoo.xsepconv import PAD_DIRECTIONS
+from xsep_zoo.xsepconv import PAD_DIRECTIONS, PADDING_MODES
 
 
 def _dw(channels, k, stride=1):
@@ -195,6 +195,25 @@ def test_reparameterize_keeps_the_function(variant, stride):
     assert m.fused and not any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
     assert (fused - ref).abs().max() <= 1e-5
     assert torch.equal(again, fused)
+
+
+@pytest.mark.parametrize('mode', PADDING_MODES)
+def test_reparameterized_2x2_is_a_3x3_depthwise_conv(mode):
+    torch.manual_seed(0)
+    m = XSepConv(10, 5, padding_mode=mode, act_layer=nn.Hardswish)  # 10 channels: unequal symmetric groups
+    _randomize_bn(m)
+    m.eval()
+    x = torch.randn(3, 10, 9, 7)
+    with torch.no_grad():
+        ref = m(x)
+        m.reparameterize()
+        out = m(x)
+    conv = m.conv_2x2
+    assert type(conv) is nn.Conv2d and (conv.kernel_size, conv.padding, conv.groups) == ((3, 3), (1, 1), 10)
+    assert (out - ref).abs().max() <= 1e-5
+    if mode != 'symmetric':  # the 2x2 kernel sits in the corner the padding points away from
+        unused_row, unused_col = (2 if 'top' in mode else 0), (2 if 'left' in mode else 0)
+        assert not conv.weight[:, :, unused_row, :].any() and not conv.weight[:, :, :, unused_col].any()
 
 
 def test_reparameterized_xsepconv_refuses_training():

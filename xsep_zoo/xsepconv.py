@@ -145,9 +145,10 @@ class XSepConv(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        """Fold each internal BatchNorm into the conv before it, for inference; idempotent.
+        """Fold each internal BatchNorm into the conv before it, and the padded 2x2 conv into a 3x3 one.
 
-        In eval mode the result computes the same function with fewer passes over memory. It keeps
+        In eval mode the result computes the same function with fewer passes over memory and no
+        padding copy, on the fast odd-kernel depthwise path of the backends; idempotent. It keeps
         no batch statistics, so it cannot train: switching it to training mode raises an error.
         Called by `timm.utils.reparameterize_model`.
         """
@@ -158,6 +159,8 @@ class XSepConv(nn.Module):
         self.conv_2x2, self.bn_2x2 = _fold_bn(self.conv_2x2, self.bn_2x2)
         self.conv_1xk, self.bn_1xk = _fold_bn(self.conv_1xk, self.bn_1xk)
         self.conv_kx1, self.bn_kx1 = _fold_bn(self.conv_kx1, self.bn_kx1)
+        if isinstance(self.conv_2x2, PaddedConv2x2):
+            self.conv_2x2 = _as_3x3(self.conv_2x2)
         self.fused = True
 
     def train(self, mode: bool = True):
@@ -184,6 +187,31 @@ def _fold_bn(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
     if isinstance(bn, nn.Identity):
         return conv, bn
     return fuse_conv_bn_eval(conv, bn), nn.Sequential(bn.drop, bn.act)
+
+
+@torch.no_grad()
+def _as_3x3(conv: PaddedConv2x2) -> nn.Conv2d:
+    """The same function as a 3x3 depthwise conv with ordinary padding 1.
+
+    A 2x2 window padded on the left (top) covers the pixel and its left (upper) neighbour, one
+    padded on the right (bottom) the pixel and its right (lower) one: placed in that corner of a
+    zero 3x3 kernel, each channel's 2x2 kernel sees the same pixels, Wu's grouped padding included
+    (one corner per group). Backends run odd depthwise kernels on a fast path and 2x2 ones on a
+    slow one, and no padded copy of the input is made.
+    """
+    channels = conv.in_channels
+    weight = conv.weight.new_zeros(channels, 1, 3, 3)
+    start = 0
+    for size, (left, right, top, bottom) in zip(conv._group_sizes, conv._group_pads):
+        rows, cols = slice(0, 2) if top else slice(1, 3), slice(0, 2) if left else slice(1, 3)
+        weight[start:start + size, :, rows, cols] = conv.weight[start:start + size]
+        start += size
+    conv3 = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=conv.bias is not None)
+    conv3 = conv3.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    conv3.weight.copy_(weight)
+    if conv.bias is not None:
+        conv3.bias.copy_(conv.bias)
+    return conv3
 
 
 def improved_padding_plan(num_layers: int) -> list[str]:
