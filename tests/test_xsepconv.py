@@ -178,18 +178,24 @@ def _randomize_bn(module):
             m.bias.data.copy_(torch.randn(m.num_features, generator=g))
 
 
+@torch.no_grad()
+def _before_and_after_reparameterize(m, x):
+    """Outputs of `m` (its BNs randomized, eval mode) on `x` as built and after reparameterize()."""
+    _randomize_bn(m)
+    m.eval()
+    ref = m(x)
+    m.reparameterize()
+    return ref, m(x)
+
+
 @pytest.mark.parametrize('variant, stride', [('standard', 1), ('standard', 2), ('no2x2', 1), ('behind', 1),
                                              ('behind', 2), ('parallel', 1)])
 def test_reparameterize_keeps_the_function(variant, stride):
     torch.manual_seed(0)
     m = XSepConv(24, 5, stride=stride, variant=variant, padding_mode='symmetric', act_layer=nn.Hardswish)
-    _randomize_bn(m)
-    m.eval()
     x = torch.randn(4, 24, 12, 12)
+    ref, fused = _before_and_after_reparameterize(m, x)
     with torch.no_grad():
-        ref = m(x)
-        m.reparameterize()
-        fused = m(x)
         m.reparameterize()  # idempotent
         again = m(x)
     assert m.fused and not any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
@@ -201,13 +207,7 @@ def test_reparameterize_keeps_the_function(variant, stride):
 def test_reparameterized_2x2_is_a_3x3_depthwise_conv(mode):
     torch.manual_seed(0)
     m = XSepConv(10, 5, padding_mode=mode, act_layer=nn.Hardswish)  # 10 channels: unequal symmetric groups
-    _randomize_bn(m)
-    m.eval()
-    x = torch.randn(3, 10, 9, 7)
-    with torch.no_grad():
-        ref = m(x)
-        m.reparameterize()
-        out = m(x)
+    ref, out = _before_and_after_reparameterize(m, torch.randn(3, 10, 9, 7))
     conv = m.conv_2x2
     assert type(conv) is nn.Conv2d and (conv.kernel_size, conv.padding, conv.groups) == ((3, 3), (1, 1), 10)
     assert (out - ref).abs().max() <= 1e-5
