@@ -77,20 +77,25 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    series = defaultdict(list)  # the width-multiplier curves of the DW baseline and of XSepConv
+    series = defaultdict(lambda: defaultdict(list))  # DW / XSepConv width curves: MACs -> top-1 of each seed
     for r in rows:
         v = variant(r['architecture'])
         kind = 'XSepConv' if v.startswith('xsep') else 'DWConv'
         if v in ('dw', 'xsep'):
-            series[kind].append((r['macs'] / 1e6, r['top1']))
+            series[kind][r['macs'] / 1e6].append(r['top1'])
             continue
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',
                    edgecolors='tab:orange' if kind == 'XSepConv' else 'tab:blue')
         ax.annotate(v, (r['macs'] / 1e6, r['top1']), textcoords='offset points', xytext=(4, 3), fontsize=7)
     for kind, color, marker in (('DWConv', 'tab:blue', 'o'), ('XSepConv', 'tab:orange', 's')):
-        points = sorted(series[kind])
-        if points:
-            ax.plot(*zip(*points), color=color, marker=marker, label=f'{kind} (MobileNetV3-Small, widths)')
+        by_macs = series[kind]
+        if by_macs:  # the curve through the mean of the seeds, each seed a small dot
+            macs = sorted(by_macs)
+            ax.plot(macs, [statistics.mean(by_macs[m]) for m in macs], color=color, marker=marker,
+                    label=f'{kind} (MobileNetV3-Small, widths; mean of seeds)')
+            seeds = [(m, top1) for m in macs if len(by_macs[m]) > 1 for top1 in by_macs[m]]
+            if seeds:
+                ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.5)
     ax.set_xlabel('MACs (M), 32x32 input')
     ax.set_ylabel('CIFAR-10 top-1 (%)')
     ax.set_title('xsep-zoo: top-1 vs MACs (hollow markers: ablations and kernel-size variants)', fontsize=9)
