@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test zoo-table
+.PHONY: run test zoo-table benchmark
 
 run: $(INSTALLED)
 	$(VENV)/bin/python scripts/reproduce.py
@@ -15,6 +15,13 @@ test: $(INSTALLED)
 zoo-table: $(INSTALLED)
 	$(VENV)/bin/python -m pip install -q -e '.[plot]'
 	$(VENV)/bin/python scripts/zoo_table.py --readme README.md
+
+# measure the zoo's speed on this CPU (quiet machine: takes several minutes) and rewrite the README table
+benchmark: $(INSTALLED)
+	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --readme README.md
+	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --forms plain fused compiled --train-batch 0 \
+		--layer-batches --models mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100 \
+		--readme README.md --section benchmark-cpu-compiled
 
 $(INSTALLED): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

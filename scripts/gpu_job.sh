@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
-# What this repository runs on a lent GPU machine (torch preinstalled, no network), in one call:
-#   1. the CUDA benchmark (fp32 and bf16) -> $OUT/benchmark-cuda.json
-#   2. the paper's full CIFAR-10 recipe (400 epochs) for the main pair, both at once, started or
-#      resumed in runs/<model>.cifar10_e400.seed0, stopped (SIGKILL: checkpoints are atomic) before
-#      the call's time is up -> $OUT/<model>.tar, to unpack here, resume next time, export when done.
+# What this repository runs on a lent GPU machine (torch preinstalled, no network).
 #
-#   bash scripts/gpu_job.sh SECONDS       # SECONDS: what the call may take, e.g. 560
-# Needs beside the tree: .whl/ (datasets, dill, multiprocess, timm wheels) and .device_data/cifar10/.
+#   bash scripts/gpu_job.sh bench            # CUDA benchmark, fp32 and bf16 -> $OUT/benchmark-cuda.{json,md}
+#   bash scripts/gpu_job.sh train SECONDS    # the paper's full CIFAR-10 recipe (400 epochs) for the main pair
+#
+# `train` starts or resumes both runs at once in runs/<model>.cifar10_e400.seed0, stops them with
+# SIGKILL (checkpoints are atomic) SECONDS after it began, minus a margin, and leaves each run
+# in $OUT/<model>.tar: unpack it here into runs/, carry it next time to resume, export it when done.
+# Each needs .whl/ (wheels of datasets, dill, multiprocess, timm) and .device_data/cifar10/ beside
+# the tree; `train` also the run folders when resuming. Data (56 MB) and both runs (25 MB) exceed
+# one call's 64 MiB, so send them in two calls on the same warm machine: `bench` carrying .whl and
+# .device_data, then at once `train` carrying the run folders (what a call left there stays).
+# The tracked hub_cards/*/model.safetensors travel too and count: move them out of the tree for the
+# calls (nothing here reads them) and back afterwards.
 set -u
-budget=${1:?usage: gpu_job.sh SECONDS}
+mode=${1:?usage: gpu_job.sh bench | train SECONDS}
 start=$(date +%s)
 out=${OUT:?OUT is not set}
 export PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+if [ ! -d .device_data/cifar10 ] || [ ! -d .whl ]; then echo "missing .device_data/cifar10 or .whl on this machine"; exit 2; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
-python3 -c 'import torch, timm, datasets, accelerate; print("torch", torch.__version__, "timm", timm.__version__,
-"datasets", datasets.__version__, "accelerate", accelerate.__version__)' || exit 1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, timm, datasets; print("torch", torch.__version__, "timm", timm.__version__,
+"datasets", datasets.__version__)' || exit 1
 
-timeout 150 python3 scripts/benchmark.py --device cuda --precision fp32 bf16 --rounds 5 \
-    --json "$out/benchmark-cuda.json" > "$out/benchmark-cuda.md" 2> "$out/benchmark-cuda.err"
-echo "benchmark: status $? after $(( $(date +%s) - start )) s"
+if [ "$mode" = bench ]; then
+    python3 scripts/benchmark.py --device cuda --precision fp32 bf16 --rounds 5 \
+        --json "$out/benchmark-cuda.json" > "$out/benchmark-cuda.md"
+    echo "benchmark: status $? after $(( $(date +%s) - start )) s"
+    exit 0
+fi
+[ "$mode" = train ] || { echo "unknown mode $mode; allowed: bench, train"; exit 2; }
+budget=${2:?usage: gpu_job.sh train SECONDS}
 
 models=(mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100)
 train() {  # model, compile mode

@@ -1,5 +1,7 @@
 """Command-line scripts: what they write into the README is what they compute now."""
 import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))  # scripts import their sibling helpers, as when run directly
 
+from conftest import run_script  # noqa: E402
 from readme_section import replace_section  # noqa: E402
 
 
@@ -39,3 +42,72 @@ def test_readme_zoo_table_is_current():
     table = zoo_table.zoo_table(zoo_table.load_results(root), 'hub_cards/zoo_top1_vs_macs.png')
     readme = (ROOT / 'README.md').read_text()
     assert replace_section(readme, 'zoo-table', table) == readme
+
+
+BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
+
+
+@pytest.fixture(scope='module')
+def benchmark_run(tmp_path_factory):
+    """A tiny CPU benchmark of the main pair: two rounds, small batches."""
+    folder = tmp_path_factory.mktemp('benchmark')
+    args = ['--device', 'cpu', '--threads', '1', '--models', *BENCH_MODELS, '--rounds', '2', '--warmup-rounds', '0',
+            '--eval-batch', '4', '--train-batch', '4', '--eval-iters', '1', '--train-iters', '1',
+            '--latency-calls', '3', '--layer-batches', '2', '--json', folder / 'result.json']
+    result = run_script('benchmark.py', *args, env=dict(os.environ))
+    return json.loads((folder / 'result.json').read_text()), result.stdout, folder
+
+
+def test_benchmark_measures_every_form_interleaved(benchmark_run):
+    data, _, _ = benchmark_run
+    dw, xsep = BENCH_MODELS
+    rows = {(r['model'], r['form']): r for r in data['models']}
+    assert set(rows) == {(dw, 'plain'), (xsep, 'plain'), (xsep, 'fused')}  # DW models have nothing to fuse
+    for (model, form), r in rows.items():
+        assert r['eval']['n'] == 2 and r['latency_ms']['n'] == 2 * 3  # per round; every single call
+        assert r['eval']['min'] <= r['eval']['median'] <= r['eval']['max']
+        assert (r.get('train') is not None) == (form == 'plain')  # a fused model cannot train
+    assert rows[(xsep, 'plain')]['macs'] < rows[(dw, 'plain')]['macs']
+
+
+def test_benchmark_ratios_are_xsep_over_dw(benchmark_run):
+    data, _, _ = benchmark_run
+    rows = {(r['model'], r['form']): r for r in data['models']}
+    dw = rows[('mobilenetv3_small_dw_100', 'plain')]
+    for pair in data['pairs']:
+        xsep = rows[(pair['model'], pair['form'])]
+        assert pair['dw'] == 'mobilenetv3_small_dw_100'
+        assert pair['mac_ratio'] == pytest.approx(xsep['macs'] / dw['macs'])
+        assert pair['eval_ratio'] == pytest.approx(dw['eval']['median'] / xsep['eval']['median'])
+        assert pair['latency_ratio'] == pytest.approx(xsep['latency_ms']['median'] / dw['latency_ms']['median'])
+    assert {p['form'] for p in data['pairs']} == {'plain', 'fused'}
+
+
+def test_benchmark_layers_are_the_swapped_slots(benchmark_run):
+    data, _, _ = benchmark_run
+    layers = {r['layer']: r for r in data['layers']}
+    assert sorted(layers) == ['blocks.2.1.conv_dw', 'blocks.2.2.conv_dw', 'blocks.3.0.conv_dw', 'blocks.3.1.conv_dw',
+                              'blocks.4.1.conv_dw', 'blocks.4.2.conv_dw']
+    assert layers['blocks.2.1.conv_dw']['input'] == [240, 8, 8] and layers['blocks.4.1.conv_dw']['input'] == [576, 4, 4]
+    # the paper's per-layer ratio (4 + 2k) / k^2 against a 5x5 DW conv: k=5 in the middle, k=3 in the last stage
+    assert layers['blocks.2.1.conv_dw']['mac_ratio'] == pytest.approx(14 / 25)
+    assert layers['blocks.4.1.conv_dw']['mac_ratio'] == pytest.approx(10 / 25)
+    assert all(r['batch'] == 2 and r['fused_ms']['n'] == 2 for r in data['layers'])
+
+
+def test_benchmark_tables_go_into_the_readme_section(benchmark_run):
+    data, stdout, folder = benchmark_run
+    assert '| `mobilenetv3_small_xsep_100` | fused |' in stdout and 'Per layer' in stdout
+    readme = folder / 'README.md'
+    readme.write_text('before\n<!-- benchmark-cpu:start -->\nold\n<!-- benchmark-cpu:end -->\nafter\n')
+    run_script('benchmark.py', '--from-json', folder / 'result.json', '--readme', readme, env=dict(os.environ))
+    assert readme.read_text() == f'before\n<!-- benchmark-cpu:start -->\n{stdout}<!-- benchmark-cpu:end -->\nafter\n'
+
+
+@pytest.mark.parametrize('section', ['benchmark-cpu', 'benchmark-cuda'])
+def test_readme_benchmark_tables_come_from_the_script(section):
+    readme = (ROOT / 'README.md').read_text()
+    start, end = f'<!-- {section}:start -->', f'<!-- {section}:end -->'
+    body = readme.split(start)[1].split(end)[0]
+    assert body.lstrip().startswith('Measured on') and '`python scripts/benchmark.py' in body
+    assert 'XSepConv / DW ratios' in body and 'Per layer' in body
