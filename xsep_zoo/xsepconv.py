@@ -148,7 +148,7 @@ class XSepConv(nn.Module):
         """Fold each internal BatchNorm into the conv before it, and the padded 2x2 conv into a 3x3 one.
 
         In eval mode the result computes the same function with fewer passes over memory and no
-        padding copy, on the fast odd-kernel depthwise path of the backends; idempotent. It keeps
+        padding copy, on the fast odd-kernel depthwise path; idempotent. It keeps
         no batch statistics, so it cannot train: switching it to training mode raises an error.
         Called by `timm.utils.reparameterize_model`.
         """
@@ -193,11 +193,11 @@ def _fold_bn(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
 def _as_3x3(conv: PaddedConv2x2) -> nn.Conv2d:
     """The same function as a 3x3 depthwise conv with ordinary padding 1.
 
-    A 2x2 window padded on the left (top) covers the pixel and its left (upper) neighbour, one
-    padded on the right (bottom) the pixel and its right (lower) one: placed in that corner of a
-    zero 3x3 kernel, each channel's 2x2 kernel sees the same pixels, Wu's grouped padding included
-    (one corner per group). Backends run odd depthwise kernels on a fast path and 2x2 ones on a
-    slow one, and no padded copy of the input is made.
+    A 2x2 window padded on the left (top) covers each pixel and its left (upper) neighbour, one
+    padded on the right (bottom) the pixel and its right (lower) one. Placed in the matching corner
+    of a zero 3x3 kernel, each channel's 2x2 kernel sees the same pixels, Wu's grouped padding
+    included (one corner per group). No padded copy of the input is made, and oneDNN runs odd
+    depthwise kernels on its fast path (a 2x2 one, measured here, on a much slower one).
     """
     channels = conv.in_channels
     weight = conv.weight.new_zeros(channels, 1, 3, 3)
