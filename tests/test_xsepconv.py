@@ -211,7 +211,7 @@ def test_reparameterized_2x2_is_a_3x3_depthwise_conv(mode):
     conv = m.conv_2x2
     assert type(conv) is nn.Conv2d and (conv.kernel_size, conv.padding, conv.groups) == ((3, 3), (1, 1), 10)
     assert (out - ref).abs().max() <= 1e-5
-    if mode != 'symmetric':  # the 2x2 kernel sits in the corner the padding points away from
+    if mode != 'symmetric':  # the 2x2 kernel sits in the corner on the side of the padding
         unused_row, unused_col = (2 if 'top' in mode else 0), (2 if 'left' in mode else 0)
         assert not conv.weight[:, :, unused_row, :].any() and not conv.weight[:, :, :, unused_col].any()
 
