@@ -267,13 +267,84 @@ def markdown(result: dict) -> str:
 
 # ---------------------------------------------------------------- main
 
+def model_rows(built: dict, costs: dict, args, inputs: dict, labels, timer, autocast, precision: str) -> list[dict]:
+    """A row per model and form, its measurements (under '_m') not yet run."""
+    rows = []
+    for name, base in built.items():
+        for form in args.forms:
+            if form == 'fused' and not has_xsepconv(base):
+                continue  # nothing to fold: the plain form is the fused one
+            model = make_form(base, form)
+            row = dict(model=name, form=form, precision=precision, macs=costs[name].macs, params=costs[name].params)
+            row['_m'] = dict(
+                eval=Measurement(eval_measurement(model, inputs[args.eval_batch], timer, args.eval_iters, autocast)),
+                latency_ms=Measurement(latency_measurement(model, inputs[1], timer, args.latency_calls, autocast)),
+            )
+            if form == 'plain' and args.train_batch:
+                row['_m']['train'] = Measurement(
+                    train_measurement(base, inputs[args.train_batch], labels, timer, args.train_iters, autocast))
+            rows.append(row)
+    return rows
+
+
+def layer_rows(name: str, model: nn.Module, partner: nn.Module, args, inputs: dict, generator, timer, autocast,
+               precision: str) -> list[dict]:
+    """A row per XSepConv of `model` and batch size: it, its fused form and the DW conv in the partner's slot."""
+    rows = []
+    device, memory_format = inputs[1].device, _memory_format(args)
+    for layer_name, layer, shape in xsep_layers(model, inputs[1]):
+        dw = partner.get_submodule(layer_name)
+        fused = copy.deepcopy(layer).eval()
+        fused.reparameterize()
+        mac_ratio = count_cost(layer, shape).macs / count_cost(dw, shape).macs
+        for batch in args.layer_batches:
+            x = torch.randn(batch, *shape, generator=generator).to(device, memory_format=memory_format)
+            calls = 1 if batch > 1 else args.latency_calls
+            rows.append(dict(
+                model=name, layer=layer_name, input=shape, kernel=layer.kernel_size, stride=layer.stride, batch=batch,
+                precision=precision, mac_ratio=mac_ratio,
+                _m={key: Measurement(latency_measurement(module, x, timer, calls, autocast))
+                    for key, module in (('dw_ms', dw), ('plain_ms', layer), ('fused_ms', fused))},
+            ))
+    return rows
+
+
+def pair_ratios(rows: list[dict]) -> list[dict]:
+    """XSepConv / DW ratios for every XSepConv row whose DW partner was measured in the same form."""
+    def find(model, precision, form):
+        return next((r for r in rows if (r['model'], r['precision'], r['form']) == (model, precision, form)), None)
+
+    pairs = []
+    for row in rows:
+        partner, precision = dw_partner(row['model']), row['precision']
+        dw = find(partner, precision, row['form'])
+        if dw is None and row['form'] == 'fused':
+            dw = find(partner, precision, 'plain')  # a DW model's fused form is its plain one
+        if dw is None:
+            continue
+        plain = find(row['model'], precision, 'plain') or {}
+        pairs.append(dict(
+            model=row['model'], dw=dw['model'], form=row['form'], precision=precision,
+            mac_ratio=row['macs'] / dw['macs'],
+            eval_ratio=dw['eval']['median'] / row['eval']['median'],  # time per image, so inverse throughput
+            latency_ratio=row['latency_ms']['median'] / dw['latency_ms']['median'],
+            train_ratio=dw['train']['median'] / plain['train']['median'] if dw.get('train') and plain.get('train')
+            else None,
+        ))
+    return pairs
+
+
+def _memory_format(args) -> torch.memory_format:
+    return torch.channels_last if args.channels_last else torch.contiguous_format
+
+
 def benchmark(args: argparse.Namespace, command: str) -> dict:
     device = torch.device(args.device)
     if device.type == 'cpu':
         torch.set_num_threads(args.threads)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    memory_format = _memory_format(args)
     timer = Timer(device)
     generator = torch.Generator().manual_seed(1)
     size = args.input_size
@@ -283,78 +354,28 @@ def benchmark(args: argparse.Namespace, command: str) -> dict:
 
     built = {name: build_model(name, size) for name in args.models}
     costs = {name: count_cost(model, (3, size, size)) for name, model in built.items()}
-    measurements, rows, layer_rows = [], [], []
+    for model in built.values():
+        model.to(device, memory_format=memory_format)
+    rows, layers = [], []
     for precision in args.precision:
         dtype = PRECISIONS[precision]
         autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-        for name, base in built.items():
-            base = base.to(device, memory_format=memory_format)
-            for form in args.forms:
-                if form == 'fused' and not has_xsepconv(base):
-                    continue  # nothing to fold: the plain form is the fused one
-                model = make_form(base, form)
-                row = dict(model=name, form=form, precision=precision, macs=costs[name].macs,
-                           params=costs[name].params)
-                m_eval = Measurement(
-                    eval_measurement(model, inputs[args.eval_batch], timer, args.eval_iters, autocast))
-                m_lat = Measurement(latency_measurement(model, inputs[1], timer, args.latency_calls, autocast))
-                measurements += [m_eval, m_lat]
-                row['_m'] = dict(eval=m_eval, latency_ms=m_lat)
-                if form == 'plain' and args.train_batch:
-                    m_train = Measurement(
-                        train_measurement(base, inputs[args.train_batch], labels, timer, args.train_iters, autocast))
-                    measurements.append(m_train)
-                    row['_m']['train'] = m_train
-                rows.append(row)
-            partner = built.get(dw_partner(name))
-            if partner is None or not args.layer_batches:
-                continue
-            for layer_name, layer, shape in xsep_layers(base, inputs[1]):
-                dw = partner.get_submodule(layer_name).to(device, memory_format=memory_format)
-                fused = copy.deepcopy(layer).eval()
-                fused.reparameterize()
-                mac_ratio = count_cost(layer, shape).macs / count_cost(dw, shape).macs
-                layer = layer.to(device, memory_format=memory_format)
-                fused = fused.to(device, memory_format=memory_format)
-                for batch in args.layer_batches:
-                    x = torch.randn(batch, *shape, generator=generator).to(device, memory_format=memory_format)
-                    row = dict(model=name, layer=layer_name, input=shape, kernel=layer.kernel_size, stride=layer.stride,
-                               batch=batch, precision=precision, mac_ratio=mac_ratio, _m={})
-                    for key, module in (('dw_ms', dw), ('plain_ms', layer), ('fused_ms', fused)):
-                        run = latency_measurement(module, x, timer, 1 if batch > 1 else args.latency_calls, autocast)
-                        row['_m'][key] = Measurement(run)
-                        measurements.append(row['_m'][key])
-                    layer_rows.append(row)
+        rows += model_rows(built, costs, args, inputs, labels, timer, autocast, precision)
+        if args.layer_batches:
+            for name, model in built.items():
+                partner = built.get(dw_partner(name))
+                if partner is not None:
+                    layers += layer_rows(name, model, partner, args, inputs, generator, timer, autocast, precision)
 
-    run_rounds(measurements, args.rounds, args.warmup_rounds)
-
-    for row in rows + layer_rows:
+    run_rounds([m for row in rows + layers for m in row['_m'].values()], args.rounds, args.warmup_rounds)
+    for row in rows + layers:
         for key, m in row.pop('_m').items():
             row[key] = summary(m.samples) if key in ('eval', 'train') else percentiles(m.samples)
-    pairs = []
-    for row in rows:
-        def same(r, model, form):
-            return (r['model'], r['precision'], r['form']) == (model, row['precision'], form)
 
-        partner = dw_partner(row['model'])
-        # a DW model's fused form is its plain one
-        dw = next((r for r in rows if same(r, partner, row['form'])), None) or \
-            next((r for r in rows if same(r, partner, 'plain') and row['form'] == 'fused'), None)
-        if dw is None:
-            continue
-        plain = next((r for r in rows if same(r, row['model'], 'plain')), {})
-        pairs.append(dict(
-            model=row['model'], dw=dw['model'], form=row['form'], precision=row['precision'],
-            mac_ratio=row['macs'] / dw['macs'],
-            eval_ratio=dw['eval']['median'] / row['eval']['median'],  # time per image, so inverse throughput
-            latency_ratio=row['latency_ms']['median'] / dw['latency_ms']['median'],
-            train_ratio=dw['train']['median'] / plain['train']['median'] if dw.get('train') and plain.get('train')
-            else None,
-        ))
     settings = {k: v for k, v in vars(args).items() if k not in ('json', 'readme', 'section', 'from_json')}
     settings['command'] = command
     return dict(machine=describe_machine(), settings=json.loads(json.dumps(settings, default=str)),
-                models=rows, pairs=pairs, layers=layer_rows)
+                models=rows, pairs=pair_ratios(rows), layers=layers)
 
 
 def main(argv=None) -> dict:
@@ -367,8 +388,6 @@ def main(argv=None) -> dict:
     command = 'python ' + shlex.join(['scripts/benchmark.py', *(sys.argv[1:] if argv is None else argv)])
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         sys.exit(f'--device {args.device}: CUDA is not available here; allowed: cpu')
-    if args.device == 'cpu' and any(p == 'fp16' for p in args.precision):
-        print('note: fp16 autocast on the CPU is slow on most processors', file=sys.stderr)
     result = benchmark(args, command)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
