@@ -44,8 +44,16 @@ def load_results(root: Path) -> list[dict]:
         config = json.loads(config_path.read_text())
         results = config['xsep_zoo']
         rows.append(dict(folder=config_path.parent.name, architecture=config['architecture'],
-                         seed=results['recipe']['seed'], **results))
+                         seed=results['recipe']['seed'], epochs=results['recipe']['epochs'], **results))
     return rows
+
+
+def _seeds_of_one_recipe(rows: list[dict]) -> dict:
+    """Rows grouped by (architecture, epochs): only runs of the same recipe length are seeds of one result."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r['architecture'], r['epochs']].append(r)
+    return groups
 
 
 def zoo_table(rows: list[dict], plot_link: str) -> str:
@@ -53,19 +61,17 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
         'Top-1 on the whole test split, measured by `scripts/export.py` on the exported weights; MACs and params '
         'from the counter; written by `python scripts/zoo_table.py --readme README.md`.',
         '',
-        '| model (Hub folder) | what it tests | seed | top-1 (%) | top-5 (%) | MACs (M) | params (M) | paper |',
-        '|---|---|---:|---:|---:|---:|---:|---|',
+        '| model (Hub folder) | what it tests | epochs | seed | top-1 (%) | top-5 (%) | MACs (M) | params (M) | paper |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---|',
     ]
-    by_architecture = defaultdict(list)
     for r in rows:
-        by_architecture[r['architecture']].append(r)
         doc = model_entrypoint(r['architecture']).__doc__.strip()
-        lines.append(f'| `{r["folder"]}` | {doc} | {r["seed"]} | {r["top1"]:.2f} | {r["top5"]:.2f} '
+        lines.append(f'| `{r["folder"]}` | {doc} | {r["epochs"]} | {r["seed"]} | {r["top1"]:.2f} | {r["top5"]:.2f} '
                      f'| {r["macs"] / 1e6:.2f} | {r["params"] / 1e6:.3f} | {PAPER[variant(r["architecture"])]} |')
-    for architecture, runs in by_architecture.items():
+    for (architecture, epochs), runs in _seeds_of_one_recipe(rows).items():
         if len(runs) > 1:
             top1 = [r['top1'] for r in runs]
-            lines.append(f'| `{architecture}`, mean of {len(runs)} seeds | | | {statistics.mean(top1):.2f} '
+            lines.append(f'| `{architecture}`, mean of {len(runs)} seeds | | {epochs} | | {statistics.mean(top1):.2f} '
                          f'(sd {statistics.stdev(top1):.2f}) | | | | |')
     lines += ['', f'![top-1 against MACs, DW vs XSepConv]({plot_link})']
     return '\n'.join(lines) + '\n'
@@ -77,25 +83,29 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    series = defaultdict(lambda: defaultdict(list))  # DW / XSepConv width curves: MACs -> top-1 of each seed
+    shortest = min((r['epochs'] for r in rows), default=None)  # the zoo's recipe; longer ones are marked
+    # Width curves, one per kind and recipe length: (kind, epochs) -> MACs -> top-1 of each seed
+    series = defaultdict(lambda: defaultdict(list))
     for r in rows:
         v = variant(r['architecture'])
         kind = 'XSepConv' if v.startswith('xsep') else 'DWConv'
         if v in ('dw', 'xsep'):
-            series[kind][r['macs'] / 1e6].append(r['top1'])
+            series[kind, r['epochs']][r['macs'] / 1e6].append(r['top1'])
             continue
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',
                    edgecolors='tab:orange' if kind == 'XSepConv' else 'tab:blue')
-        ax.annotate(v, (r['macs'] / 1e6, r['top1']), textcoords='offset points', xytext=(4, 3), fontsize=7)
-    for kind, color, marker in (('DWConv', 'tab:blue', 'o'), ('XSepConv', 'tab:orange', 's')):
-        by_macs = series[kind]
-        if by_macs:  # the curve through the mean of the seeds, each seed a small dot
-            macs = sorted(by_macs)
-            ax.plot(macs, [statistics.mean(by_macs[m]) for m in macs], color=color, marker=marker,
-                    label=f'{kind} (MobileNetV3-Small, widths; mean of seeds)')
-            seeds = [(m, top1) for m in macs if len(by_macs[m]) > 1 for top1 in by_macs[m]]
-            if seeds:
-                ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.5)
+        ax.annotate(v if r['epochs'] == shortest else f'{v} ({r["epochs"]} epochs)',
+                    (r['macs'] / 1e6, r['top1']), textcoords='offset points', xytext=(4, 3), fontsize=7)
+    for (kind, epochs), by_macs in sorted(series.items(), key=lambda item: (item[0][1], item[0][0])):
+        color, marker = ('tab:orange', 's') if kind == 'XSepConv' else ('tab:blue', 'o')
+        longer = epochs != shortest  # its own dashed curve with star markers
+        macs = sorted(by_macs)  # the curve through the mean of the seeds, each seed a small dot
+        ax.plot(macs, [statistics.mean(by_macs[m]) for m in macs], color=color, marker='*' if longer else marker,
+                markersize=10 if longer else 6, linestyle='--' if longer else '-',
+                label=f'{kind}, {epochs} epochs (MobileNetV3-Small widths; mean of seeds)')
+        seeds = [(m, top1) for m in macs if len(by_macs[m]) > 1 for top1 in by_macs[m]]
+        if seeds:
+            ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.5)
     ax.set_xlabel('MACs (M), 32x32 input')
     ax.set_ylabel('CIFAR-10 top-1 (%)')
     ax.set_title('xsep-zoo: top-1 vs MACs (hollow markers: ablations and kernel-size variants)', fontsize=9)

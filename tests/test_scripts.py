@@ -44,6 +44,16 @@ def test_readme_zoo_table_is_current():
     assert replace_section(readme, 'zoo-table', table) == readme
 
 
+
+def test_zoo_table_averages_seeds_of_one_recipe_only():
+    zoo_table = _load_script('zoo_table')
+    row = dict(architecture='mobilenetv3_small_dw_100', top5=99.0, macs=17.5e6, params=1.5e6)
+    rows = [dict(row, folder='a.cifar10', seed=0, epochs=20, top1=85.0),
+            dict(row, folder='a.cifar10_seed1', seed=1, epochs=20, top1=84.0),
+            dict(row, folder='a.cifar10_e400', seed=0, epochs=400, top1=90.0)]
+    means = [line for line in zoo_table.zoo_table(rows, 'plot.png').splitlines() if 'mean of' in line]
+    assert means == ['| `mobilenetv3_small_dw_100`, mean of 2 seeds | | 20 | | 84.50 (sd 0.71) | | | | |']
+
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
 
 
