@@ -38,7 +38,6 @@ PADDING_MODES = (*PAD_DIRECTIONS, 'symmetric')
 XSEP_VARIANTS = ('standard', 'no2x2', 'behind', 'parallel')
 
 
-
 def symmetric_pad_groups(channels: int) -> list[int]:
     """Channel counts of Wu et al.'s four padding groups: contiguous, the first `channels % 4` larger."""
     base, extra = divmod(channels, 4)
