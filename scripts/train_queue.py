@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'datasets' / 'cifar10'
-RECIPE = ['--dataset', 'cifar10', '--epochs', '20', '--warmup-epochs', '1']
+EPOCHS = 20
+RECIPE = ['--dataset', 'cifar10', '--epochs', str(EPOCHS), '--warmup-epochs', '1']
 # In the order of the issue: the main pair with two seeds, the ablations, kernel sizes, width 0.5.
 QUEUE = [
     ('mobilenetv3_small_dw_100', 0), ('mobilenetv3_small_xsep_100', 0),
@@ -41,16 +42,24 @@ def run_dir(model: str, seed: int) -> Path:
 
 
 def epoch_seconds() -> float:
-    """The slowest epoch logged by any zoo run so far (a conservative guess), or 3 min if none."""
-    times = [json.loads(line)['seconds'] for log in (ROOT / 'runs').glob('*.cifar10.seed*/log.jsonl')
-             for line in log.read_text().splitlines()]
-    return max(times, default=180.0)
+    """The mean epoch time of the slowest zoo run logged so far, or 3 min if none.
+
+    Whole runs, not single epochs: an epoch slowed by other work beside it would otherwise
+    set the guess for every epoch of every run.
+    """
+    means = []
+    for log in (ROOT / 'runs').glob('*.cifar10.seed*/log.jsonl'):
+        times = [json.loads(line)['seconds'] for line in log.read_text().splitlines()]
+        if times:
+            means.append(sum(times) / len(times))
+    return max(means, default=180.0)
 
 
-def remaining_epochs(model: str, seed: int) -> int:
+def seconds_needed(model: str, seed: int) -> float:
+    """Time to finish this entry's run and export it."""
     log = run_dir(model, seed) / 'log.jsonl'
     done = len(log.read_text().splitlines()) if log.is_file() else 0
-    return 20 - done
+    return (EPOCHS - done) * epoch_seconds() + 120
 
 
 def start(model: str, seed: int, threads: int) -> subprocess.Popen:
@@ -80,7 +89,7 @@ def main(argv=None) -> None:
     if args.dry_run:
         free_at = [time.monotonic()] * args.parallel  # when each slot would be free
         for model, seed in todo:
-            needed = remaining_epochs(model, seed) * epoch_seconds() + 120
+            needed = seconds_needed(model, seed)
             slot = free_at.index(min(free_at))
             if free_at[slot] + needed > deadline:
                 break
@@ -99,7 +108,7 @@ def main(argv=None) -> None:
                 export(*key)
         while todo and len(running) < args.parallel:
             model, seed = todo[0]
-            needed = remaining_epochs(model, seed) * epoch_seconds() + 120  # + export
+            needed = seconds_needed(model, seed)
             if time.monotonic() + needed > deadline:
                 print(f'not starting {model} seed {seed}: it needs about {needed / 60:.0f} min, '
                       f'{(deadline - time.monotonic()) / 60:.0f} min are left')

@@ -54,6 +54,17 @@ def test_zoo_table_averages_seeds_of_one_recipe_only():
     means = [line for line in zoo_table.zoo_table(rows, 'plot.png').splitlines() if 'mean of' in line]
     assert means == ['| `mobilenetv3_small_dw_100`, mean of 2 seeds | | 20 | | 84.50 (sd 0.71) | | | | |']
 
+
+def test_train_queue_guesses_epochs_from_whole_runs(tmp_path, monkeypatch):
+    train_queue = _load_script('train_queue')
+    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
+    assert train_queue.epoch_seconds() == 180.0  # nothing logged yet
+    for name, seconds in (('a.cifar10.seed0', [250] * 19 + [500]), ('b.cifar10.seed0', [300] * 10)):
+        (tmp_path / 'runs' / name).mkdir(parents=True)
+        (tmp_path / 'runs' / name / 'log.jsonl').write_text(''.join(json.dumps(dict(seconds=t)) + '\n' for t in seconds))
+    assert train_queue.epoch_seconds() == 300.0  # one slow epoch of run a does not set the guess
+    assert train_queue.seconds_needed('b', 0) == 10 * 300.0 + 120
+
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
 
 
