@@ -9,6 +9,7 @@ params and MACs come from the counter. An existing folder is replaced only with 
 """
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from xsep_zoo.engine import evaluate_model
 from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, local_hub_root, write_hub_folder
 from xsep_zoo.model_card import CardFacts, render_model_card
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,6 +39,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def portable(value):
+    """An absolute path inside the folder that holds this checkout, relative to the checkout's root.
+
+    Cards show commands run from the repository root; `/home/me/xsep-zoo/scripts/train.py` and
+    `/home/me/shared/datasets/cifar10` become `scripts/train.py` and `../shared/datasets/cifar10`.
+    Anything else (not a path, or outside that folder) is returned as is.
+    """
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    base = ROOT.parent if ROOT.parent != Path(ROOT.anchor) else ROOT  # never all of the file system
+    path = Path(os.path.normpath(value))
+    return os.path.relpath(path, ROOT) if path.is_relative_to(base) else value
+
+
+def _portable_command(command: str) -> str:
+    return shlex.join(portable(token) for token in shlex.split(command))
+
+
 def _data_description(source) -> str:
     """The local copy's own title (its README's pretty_name), or the Hub id."""
     if source is None:
@@ -44,8 +65,8 @@ def _data_description(source) -> str:
     if readme.is_file():
         for line in readme.read_text().splitlines():
             if line.startswith('pretty_name:'):
-                return f'{line.split(":", 1)[1].strip()}, a local copy at `{source}`'
-    return f'a local copy at `{source}`'
+                return f'{line.split(":", 1)[1].strip()}, a local copy at `{portable(source)}`'
+    return f'a local copy at `{portable(source)}`'
 
 
 def export_run(args: argparse.Namespace) -> Path:
@@ -75,19 +96,20 @@ def export_run(args: argparse.Namespace) -> Path:
     metrics = evaluate_model(model, test, spec)
     cost = count_cost(model, test_size)
 
+    recipe = {key: portable(value) if key in ('data_source', 'init_from') else value for key, value in config.items()}
     eval_command = ['python', 'scripts/eval.py', '--model', f'{name}.{tag}', '--pretrained', '--dataset', dataset]
-    eval_command += ['--data-source', str(source)] if source else []
+    eval_command += ['--data-source', str(portable(source))] if source else []
     eval_command += ['--limit', str(args.test_limit)] if args.test_limit else []
     facts = CardFacts(
         repo_id=repo_id, model=name, description=model_entrypoint(name).__doc__.strip(), dataset=dataset,
         dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
-        metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=config,
-        train_command=record['command'], eval_command=shlex.join(eval_command),
+        metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=recipe,
+        train_command=_portable_command(record['command']), eval_command=shlex.join(eval_command),
         train_seconds=sum(entry['seconds'] for entry in log), train_machine=record.get('machine', 'unrecorded'),
         base_model=config.get('init_from') or (name if config.get('pretrained') else None),
     )
-    results = dict(dataset=dataset, split=spec.test_split, data_source=source, params=cost.params, macs=cost.macs,
-                   macs_input_size=list(test_size), train_seconds=facts.train_seconds, recipe=config,
+    results = dict(dataset=dataset, split=spec.test_split, data_source=portable(source), params=cost.params,
+                   macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds, recipe=recipe,
                    **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     state = model.state_dict()

@@ -63,19 +63,25 @@ def seconds_needed(model: str, seed: int) -> float:
 
 
 def start(model: str, seed: int, threads: int) -> subprocess.Popen:
+    """Train (or resume) one entry, run from the repository root with relative paths, as a card shows it."""
     folder = run_dir(model, seed)
-    args = ['--output-dir', str(folder), '--resume'] if (folder / 'config.json').is_file() else \
-        ['--model', model, '--seed', str(seed), '--data-source', str(DATA), *RECIPE, '--output-dir', str(folder)]
+    output_dir = str(folder.relative_to(ROOT))
+    args = ['--output-dir', output_dir, '--resume'] if (folder / 'config.json').is_file() else \
+        ['--model', model, '--seed', str(seed), '--data-source', _relative(DATA), *RECIPE, '--output-dir', output_dir]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
     folder.parent.mkdir(exist_ok=True)
     out = open(folder.parent / f'{folder.name}.out', 'a')
-    return subprocess.Popen([sys.executable, str(ROOT / 'scripts' / 'train.py'), *args], env=env,
+    return subprocess.Popen([sys.executable, 'scripts/train.py', *args], cwd=ROOT, env=env,
                             stdout=out, stderr=subprocess.STDOUT)
 
 
 def export(model: str, seed: int) -> None:
-    subprocess.run([sys.executable, str(ROOT / 'scripts' / 'export.py'), str(run_dir(model, seed)),
-                    '--tag', tag(seed), '--data-source', str(DATA)], check=True)
+    subprocess.run([sys.executable, 'scripts/export.py', str(run_dir(model, seed).relative_to(ROOT)),
+                    '--tag', tag(seed), '--data-source', _relative(DATA)], cwd=ROOT, check=True)
+
+
+def _relative(path: Path) -> str:
+    return os.path.relpath(path, ROOT)
 
 
 def main(argv=None) -> None:

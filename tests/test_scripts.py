@@ -61,9 +61,20 @@ def test_train_queue_guesses_epochs_from_whole_runs(tmp_path, monkeypatch):
     assert train_queue.epoch_seconds() == 180.0  # nothing logged yet
     for name, seconds in (('a.cifar10.seed0', [250] * 19 + [500]), ('b.cifar10.seed0', [300] * 10)):
         (tmp_path / 'runs' / name).mkdir(parents=True)
-        (tmp_path / 'runs' / name / 'log.jsonl').write_text(''.join(json.dumps(dict(seconds=t)) + '\n' for t in seconds))
+        log = ''.join(json.dumps(dict(seconds=t)) + '\n' for t in seconds)
+        (tmp_path / 'runs' / name / 'log.jsonl').write_text(log)
     assert train_queue.epoch_seconds() == 300.0  # one slow epoch of run a does not set the guess
     assert train_queue.seconds_needed('b', 0) == 10 * 300.0 + 120
+
+
+def test_export_shows_paths_from_the_repository_root():
+    export = _load_script('export')
+    assert export.portable(str(ROOT / 'scripts' / 'train.py')) == 'scripts/train.py'
+    assert export.portable(f'{ROOT}/runs/../runs/x') == 'runs/x'
+    if ROOT.parent != Path(ROOT.anchor):
+        assert export.portable(str(ROOT.parent / 'shared' / 'datasets' / 'cifar10')) == '../shared/datasets/cifar10'
+    assert export.portable('/proc/cpuinfo') == '/proc/cpuinfo'  # outside the checkout's folder: kept
+    assert export.portable('runs/x') == 'runs/x' and export.portable(None) is None and export.portable(0.35) == 0.35
 
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
 

@@ -99,6 +99,7 @@ def test_export_writes_a_hub_folder(exported, trained_run):
     assert 'JPEG' in card  # the data is the shared JPEG copy, and the card says so
     assert f"| {results['top1']:.2f} | {results['top5']:.2f} |" in card
     assert 'import xsep_zoo' in card and 'scripts/train.py' in card and 'scripts/eval.py' in card
+    assert f'python scripts/train.py --model {MODEL}' in card  # run from the repository root, wherever it is
     assert 'arXiv:2002.12046' in card or '2002.12046' in card
 
 
