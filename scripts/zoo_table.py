@@ -61,7 +61,8 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
         'Top-1 on the whole test split, measured by `scripts/export.py` on the exported weights; MACs and params '
         'from the counter; written by `python scripts/zoo_table.py --readme README.md`.',
         '',
-        '| model (Hub folder) | what it tests | epochs | seed | top-1 (%) | top-5 (%) | MACs (M) | params (M) | paper |',
+        '| model (Hub folder) | what it tests | epochs | seed | top-1 (%) | top-5 (%) | MACs (M) | params (M) '
+        '| paper |',
         '|---|---|---:|---:|---:|---:|---:|---:|---|',
     ]
     for r in rows:
