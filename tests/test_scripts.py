@@ -44,7 +44,6 @@ def test_readme_zoo_table_is_current():
     assert replace_section(readme, 'zoo-table', table) == readme
 
 
-
 def test_zoo_table_averages_seeds_of_one_recipe_only():
     zoo_table = _load_script('zoo_table')
     row = dict(architecture='mobilenetv3_small_dw_100', top5=99.0, macs=17.5e6, params=1.5e6)
@@ -75,6 +74,7 @@ def test_export_shows_paths_from_the_repository_root():
         assert export.portable(str(ROOT.parent / 'shared' / 'datasets' / 'cifar10')) == '../shared/datasets/cifar10'
     assert export.portable('/proc/cpuinfo') == '/proc/cpuinfo'  # outside the checkout's folder: kept
     assert export.portable('runs/x') == 'runs/x' and export.portable(None) is None and export.portable(0.35) == 0.35
+
 
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
 
