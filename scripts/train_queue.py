@@ -1,4 +1,4 @@
-"""Work through the zoo's CIFAR-10 training queue: train, resume, export, one model at a time.
+"""Work through the zoo's CIFAR-10 training queue: train, resume and export its entries in order.
 
     python scripts/train_queue.py --hours 2.5            # what fits in the next 2.5 hours
     python scripts/train_queue.py --hours 2.5 --parallel 2 --dry-run
@@ -55,11 +55,15 @@ def epoch_seconds() -> float:
     return max(means, default=180.0)
 
 
-def seconds_needed(model: str, seed: int) -> float:
-    """Time to finish this entry's run and export it."""
+def seconds_needed(model: str, seed: int, parallel: int) -> float:
+    """Time to finish this entry's run and export it while `parallel` runs share the CPU.
+
+    The logged runs had a core each; with more runs than cores each gets only a share of one.
+    """
     log = run_dir(model, seed) / 'log.jsonl'
     done = len(log.read_text().splitlines()) if log.is_file() else 0
-    return (EPOCHS - done) * epoch_seconds() + 120
+    slowdown = max(1.0, parallel / (os.cpu_count() or 1))
+    return (EPOCHS - done) * epoch_seconds() * slowdown + 120
 
 
 def start(model: str, seed: int, threads: int) -> subprocess.Popen:
@@ -95,7 +99,7 @@ def main(argv=None) -> None:
     if args.dry_run:
         free_at = [time.monotonic()] * args.parallel  # when each slot would be free
         for model, seed in todo:
-            needed = seconds_needed(model, seed)
+            needed = seconds_needed(model, seed, args.parallel)
             slot = free_at.index(min(free_at))
             if free_at[slot] + needed > deadline:
                 break
@@ -114,7 +118,7 @@ def main(argv=None) -> None:
                 export(*key)
         while todo and len(running) < args.parallel:
             model, seed = todo[0]
-            needed = seconds_needed(model, seed)
+            needed = seconds_needed(model, seed, args.parallel)
             if time.monotonic() + needed > deadline:
                 print(f'not starting {model} seed {seed}: it needs about {needed / 60:.0f} min, '
                       f'{(deadline - time.monotonic()) / 60:.0f} min are left')

@@ -63,7 +63,9 @@ def test_train_queue_guesses_epochs_from_whole_runs(tmp_path, monkeypatch):
         log = ''.join(json.dumps(dict(seconds=t)) + '\n' for t in seconds)
         (tmp_path / 'runs' / name / 'log.jsonl').write_text(log)
     assert train_queue.epoch_seconds() == 300.0  # one slow epoch of run a does not set the guess
-    assert train_queue.seconds_needed('b', 0) == 10 * 300.0 + 120
+    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
+    assert train_queue.seconds_needed('b', 0, parallel=2) == 10 * 300.0 + 120
+    assert train_queue.seconds_needed('b', 0, parallel=3) == 10 * 300.0 * 1.5 + 120  # 3 runs share 2 cores
 
 
 def test_export_shows_paths_from_the_repository_root():
