@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / 'shared' / 'datasets' / 'cifar10'
+DATA = '../shared/datasets/cifar10'  # the shared copy, from the repository root where commands run
 EPOCHS = 20
 RECIPE = ['--dataset', 'cifar10', '--epochs', str(EPOCHS), '--warmup-epochs', '1']
 # In the order of the issue: the main pair with two seeds, the ablations, kernel sizes, width 0.5.
@@ -71,7 +71,7 @@ def start(model: str, seed: int, threads: int) -> subprocess.Popen:
     folder = run_dir(model, seed)
     output_dir = str(folder.relative_to(ROOT))
     args = ['--output-dir', output_dir, '--resume'] if (folder / 'config.json').is_file() else \
-        ['--model', model, '--seed', str(seed), '--data-source', _relative(DATA), *RECIPE, '--output-dir', output_dir]
+        ['--model', model, '--seed', str(seed), '--data-source', DATA, *RECIPE, '--output-dir', output_dir]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
     folder.parent.mkdir(exist_ok=True)
     out = open(folder.parent / f'{folder.name}.out', 'a')
@@ -81,11 +81,7 @@ def start(model: str, seed: int, threads: int) -> subprocess.Popen:
 
 def export(model: str, seed: int) -> None:
     subprocess.run([sys.executable, 'scripts/export.py', str(run_dir(model, seed).relative_to(ROOT)),
-                    '--tag', tag(seed), '--data-source', _relative(DATA)], cwd=ROOT, check=True)
-
-
-def _relative(path: Path) -> str:
-    return os.path.relpath(path, ROOT)
+                    '--tag', tag(seed), '--data-source', DATA], cwd=ROOT, check=True)
 
 
 def main(argv=None) -> None:
