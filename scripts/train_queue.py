@@ -41,39 +41,53 @@ def run_dir(model: str, seed: int) -> Path:
     return ROOT / 'runs' / f'{model}.cifar10.seed{seed}'
 
 
-def epoch_seconds() -> float:
-    """The mean epoch time of the slowest zoo run logged so far, or 3 min if none.
+def runs_at_once(folder: Path) -> int:
+    """How many runs shared the CPU when the queue last started this one; 1 (a core each) without a record."""
+    record = folder.parent / f'{folder.name}.queue.json'
+    return json.loads(record.read_text())['parallel'] if record.is_file() else 1
+
+
+def epoch_seconds(parallel: int) -> float:
+    """The mean epoch time of the slowest zoo run logged so far, for `parallel` runs at once.
 
     Whole runs, not single epochs: an epoch slowed by other work beside it would otherwise
-    set the guess for every epoch of every run.
+    set the guess for every epoch of every run. Runs trained with as many runs beside them are
+    taken as measured; others only when there are none, scaled by the share of a core each run
+    had (with more runs than cores each gets only a share of one). 3 min per epoch if none.
     """
-    means = []
+    def share(runs: int) -> float:
+        return max(1.0, runs / (os.cpu_count() or 1))
+
+    measured, scaled = [], []
     for log in (ROOT / 'runs').glob('*.cifar10.seed*/log.jsonl'):
         times = [json.loads(line)['seconds'] for line in log.read_text().splitlines()]
         if times:
-            means.append(sum(times) / len(times))
-    return max(means, default=180.0)
+            ran_with = runs_at_once(log.parent)
+            mean = sum(times) / len(times)
+            (measured if ran_with == parallel else scaled).append(mean / share(ran_with) * share(parallel))
+    return max(measured or scaled, default=180.0 * share(parallel))
 
 
 def seconds_needed(model: str, seed: int, parallel: int) -> float:
-    """Time to finish this entry's run and export it while `parallel` runs share the CPU.
-
-    The logged runs had a core each; with more runs than cores each gets only a share of one.
-    """
+    """Time to finish this entry's run and export it while `parallel` runs share the CPU."""
     log = run_dir(model, seed) / 'log.jsonl'
     done = len(log.read_text().splitlines()) if log.is_file() else 0
-    slowdown = max(1.0, parallel / (os.cpu_count() or 1))
-    return (EPOCHS - done) * epoch_seconds() * slowdown + 120
+    return (EPOCHS - done) * epoch_seconds(parallel) + 120
 
 
-def start(model: str, seed: int, threads: int) -> subprocess.Popen:
-    """Train (or resume) one entry, run from the repository root with relative paths, as a card shows it."""
+def start(model: str, seed: int, parallel: int) -> subprocess.Popen:
+    """Train (or resume) one entry, run from the repository root with relative paths, as a card shows it.
+
+    Beside the run it records how many runs share the CPU, for the time guesses of later queues.
+    """
     folder = run_dir(model, seed)
+    threads = 1 if parallel > 1 else (os.cpu_count() or 1)
     output_dir = str(folder.relative_to(ROOT))
     args = ['--output-dir', output_dir, '--resume'] if (folder / 'config.json').is_file() else \
         ['--model', model, '--seed', str(seed), '--data-source', DATA, *RECIPE, '--output-dir', output_dir]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
     folder.parent.mkdir(exist_ok=True)
+    (folder.parent / f'{folder.name}.queue.json').write_text(json.dumps({'parallel': parallel}) + '\n')
     out = open(folder.parent / f'{folder.name}.out', 'a')
     return subprocess.Popen([sys.executable, 'scripts/train.py', *args], cwd=ROOT, env=env,
                             stdout=out, stderr=subprocess.STDOUT)
@@ -103,7 +117,6 @@ def main(argv=None) -> None:
             print(f'would train {model} seed {seed}: about {needed / 60:.0f} min, '
                   f'done {(free_at[slot] - time.monotonic()) / 60:.0f} min from now')
         return
-    threads = 1 if args.parallel > 1 else (os.cpu_count() or 1)
     running: dict = {}
     while todo or running:
         for key, proc in list(running.items()):
@@ -122,7 +135,7 @@ def main(argv=None) -> None:
                 break
             todo.pop(0)
             print(f'training {model} seed {seed} (about {needed / 60:.0f} min)', flush=True)
-            running[(model, seed)] = start(model, seed, threads)
+            running[(model, seed)] = start(model, seed, args.parallel)
         time.sleep(10)
 
 

@@ -57,15 +57,29 @@ def test_zoo_table_averages_seeds_of_one_recipe_only():
 def test_train_queue_guesses_epochs_from_whole_runs(tmp_path, monkeypatch):
     train_queue = _load_script('train_queue')
     monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
-    assert train_queue.epoch_seconds() == 180.0  # nothing logged yet
+    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
+    assert train_queue.epoch_seconds(parallel=1) == 180.0  # nothing logged yet
     for name, seconds in (('a.cifar10.seed0', [250] * 19 + [500]), ('b.cifar10.seed0', [300] * 10)):
         (tmp_path / 'runs' / name).mkdir(parents=True)
         log = ''.join(json.dumps(dict(seconds=t)) + '\n' for t in seconds)
         (tmp_path / 'runs' / name / 'log.jsonl').write_text(log)
-    assert train_queue.epoch_seconds() == 300.0  # one slow epoch of run a does not set the guess
-    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
+    assert train_queue.epoch_seconds(parallel=1) == 300.0  # one slow epoch of run a does not set the guess
     assert train_queue.seconds_needed('b', 0, parallel=2) == 10 * 300.0 + 120
     assert train_queue.seconds_needed('b', 0, parallel=3) == 10 * 300.0 * 1.5 + 120  # 3 runs share 2 cores
+
+
+def test_train_queue_takes_runs_at_the_same_parallelism_as_measured(tmp_path, monkeypatch):
+    train_queue = _load_script('train_queue')
+    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
+    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
+    for name, seconds, parallel in (('alone.cifar10.seed0', 300, None), ('three.cifar10.seed0', 390, 3)):
+        (tmp_path / 'runs' / name).mkdir(parents=True)
+        (tmp_path / 'runs' / name / 'log.jsonl').write_text(json.dumps(dict(seconds=seconds)) + '\n')
+        if parallel:
+            (tmp_path / 'runs' / f'{name}.queue.json').write_text(json.dumps(dict(parallel=parallel)))
+    assert train_queue.epoch_seconds(parallel=3) == 390.0  # measured three at once, not scaled again
+    assert train_queue.epoch_seconds(parallel=2) == 300.0  # the three-at-once run scaled to a core each: 260
+    assert train_queue.epoch_seconds(parallel=4) == 600.0  # nothing measured at 4: scaled, the slowest
 
 
 def test_export_shows_paths_from_the_repository_root():
