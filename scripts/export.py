@@ -21,7 +21,7 @@ import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo import count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, load_test
-from xsep_zoo.engine import evaluate_model
+from xsep_zoo.engine import evaluate_model, runs_at_once
 from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, local_hub_root, write_hub_folder
 from xsep_zoo.model_card import CardFacts, render_model_card
 
@@ -69,6 +69,13 @@ def _data_description(source) -> str:
     return f'a local copy at `{portable(source)}`'
 
 
+def _machine(run_dir: Path, record: dict) -> str:
+    """The machine a run was trained on, and whether other runs shared its CPU: the time depends on both."""
+    machine = record.get('machine', 'unrecorded')
+    runs = runs_at_once(run_dir)
+    return f'{machine}, one of {runs} runs trained at once' if runs > 1 else machine
+
+
 def export_run(args: argparse.Namespace) -> Path:
     record = json.loads((args.run_dir / 'config.json').read_text())
     config = record['config']
@@ -105,11 +112,12 @@ def export_run(args: argparse.Namespace) -> Path:
         dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
         metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=recipe,
         train_command=_portable_command(record['command']), eval_command=shlex.join(eval_command),
-        train_seconds=sum(entry['seconds'] for entry in log), train_machine=record.get('machine', 'unrecorded'),
+        train_seconds=sum(entry['seconds'] for entry in log), train_machine=_machine(args.run_dir, record),
         base_model=config.get('init_from') or (name if config.get('pretrained') else None),
     )
     results = dict(dataset=dataset, split=spec.test_split, data_source=portable(source), params=cost.params,
-                   macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds, recipe=recipe,
+                   macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds,
+                   runs_at_once=runs_at_once(args.run_dir), recipe=recipe,
                    **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     state = model.state_dict()

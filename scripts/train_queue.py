@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from xsep_zoo.engine import record_runs_at_once, runs_at_once
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = '../shared/datasets/cifar10'  # the shared copy, from the repository root where commands run
 EPOCHS = 20
@@ -39,12 +41,6 @@ def tag(seed: int) -> str:
 
 def run_dir(model: str, seed: int) -> Path:
     return ROOT / 'runs' / f'{model}.cifar10.seed{seed}'
-
-
-def runs_at_once(folder: Path) -> int:
-    """How many runs shared the CPU when the queue last started this one; 1 (a core each) without a record."""
-    record = folder.parent / f'{folder.name}.queue.json'
-    return json.loads(record.read_text())['parallel'] if record.is_file() else 1
 
 
 def epoch_seconds(parallel: int) -> float:
@@ -87,7 +83,7 @@ def start(model: str, seed: int, parallel: int) -> subprocess.Popen:
         ['--model', model, '--seed', str(seed), '--data-source', DATA, *RECIPE, '--output-dir', output_dir]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
     folder.parent.mkdir(exist_ok=True)
-    (folder.parent / f'{folder.name}.queue.json').write_text(json.dumps({'parallel': parallel}) + '\n')
+    record_runs_at_once(folder, parallel)
     out = open(folder.parent / f'{folder.name}.out', 'a')
     return subprocess.Popen([sys.executable, 'scripts/train.py', *args], cwd=ROOT, env=env,
                             stdout=out, stderr=subprocess.STDOUT)

@@ -5,6 +5,7 @@ shared by the tests that only read it.
 """
 import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from xsep_zoo.engine import record_runs_at_once
 from xsep_zoo.hub import WeightsError, load_matching_state_dict, sha256_file
 
 from conftest import MODEL, ROOT, TRAIN_ARGS, run_script
@@ -101,6 +103,18 @@ def test_export_writes_a_hub_folder(exported, trained_run):
     assert 'import xsep_zoo' in card and 'scripts/train.py' in card and 'scripts/eval.py' in card
     assert f'python scripts/train.py --model {MODEL}' in card  # run from the repository root, wherever it is
     assert 'arXiv:2002.12046' in card or '2002.12046' in card
+    assert results['runs_at_once'] == 1 and 'runs trained at once' not in card  # no record beside the run
+
+
+def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, script_env, cifar10_dir):
+    run_dir = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run_dir)
+    record_runs_at_once(run_dir, 3)
+    run_script('export.py', run_dir, '--hub-root', tmp_path / 'hub', '--data-source', cifar10_dir,
+               '--test-limit', '256', env=script_env)
+    folder = tmp_path / 'hub' / f'{MODEL}.cifar10'
+    assert json.loads((folder / 'config.json').read_text())['xsep_zoo']['runs_at_once'] == 3
+    assert ', one of 3 runs trained at once, with:' in (folder / 'README.md').read_text()
 
 
 def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_path, script_env, cifar10_dir):

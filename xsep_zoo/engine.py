@@ -5,6 +5,7 @@ indices and gathers a batch, and augmentation runs on the whole batch on the dev
 choice is seeded from (seed, epoch, step), so a resumed run sees exactly the batches and crops an
 uninterrupted one would.
 """
+import json
 import math
 import platform
 from pathlib import Path
@@ -20,7 +21,7 @@ from .data import DatasetSpec, ImageTensors, augment, normalize
 
 __all__ = [
     'EpochPermutation', 'image_loader', 'step_generator', 'warmup_cosine', 'prepare_images', 'evaluate', 'evaluate_model',
-    'describe_machine', 'cpu_model',
+    'describe_machine', 'cpu_model', 'record_runs_at_once', 'runs_at_once',
 ]
 
 
@@ -127,6 +128,21 @@ def describe_machine(num_processes: int = 1) -> str:
     else:
         device = f'{cpu_model()}, {torch.get_num_threads()} threads x {num_processes} process(es)'
     return f'{device}, torch {torch.__version__}'
+
+
+def _runs_at_once_record(run_dir: Path) -> Path:
+    return run_dir.parent / f'{run_dir.name}.queue.json'
+
+
+def record_runs_at_once(run_dir: Path, runs: int) -> None:
+    """Note beside a run how many runs share the CPU with it: its epoch times depend on it."""
+    _runs_at_once_record(run_dir).write_text(json.dumps({'parallel': runs}) + '\n')
+
+
+def runs_at_once(run_dir: Path) -> int:
+    """How many runs shared the CPU when this one was last started; 1 without a record."""
+    record = _runs_at_once_record(run_dir)
+    return json.loads(record.read_text())['parallel'] if record.is_file() else 1
 
 
 def cpu_model() -> str:
