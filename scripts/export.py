@@ -69,10 +69,9 @@ def _data_description(source) -> str:
     return f'a local copy at `{portable(source)}`'
 
 
-def _machine(run_dir: Path, record: dict) -> str:
+def _machine(record: dict, runs: int) -> str:
     """The machine a run was trained on, and whether other runs shared its CPU: the time depends on both."""
     machine = record.get('machine', 'unrecorded')
-    runs = runs_at_once(run_dir)
     return f'{machine}, one of {runs} runs trained at once' if runs > 1 else machine
 
 
@@ -102,6 +101,7 @@ def export_run(args: argparse.Namespace) -> Path:
     model.pretrained_cfg['label_names'] = test.classes
     metrics = evaluate_model(model, test, spec)
     cost = count_cost(model, test_size)
+    sharing = runs_at_once(args.run_dir)
 
     recipe = {key: portable(value) if key in ('data_source', 'init_from') else value for key, value in config.items()}
     eval_command = ['python', 'scripts/eval.py', '--model', f'{name}.{tag}', '--pretrained', '--dataset', dataset]
@@ -112,12 +112,12 @@ def export_run(args: argparse.Namespace) -> Path:
         dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
         metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=recipe,
         train_command=_portable_command(record['command']), eval_command=shlex.join(eval_command),
-        train_seconds=sum(entry['seconds'] for entry in log), train_machine=_machine(args.run_dir, record),
+        train_seconds=sum(entry['seconds'] for entry in log), train_machine=_machine(record, sharing),
         base_model=config.get('init_from') or (name if config.get('pretrained') else None),
     )
     results = dict(dataset=dataset, split=spec.test_split, data_source=portable(source), params=cost.params,
                    macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds,
-                   runs_at_once=runs_at_once(args.run_dir), recipe=recipe,
+                   runs_at_once=sharing, recipe=recipe,
                    **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     state = model.state_dict()
