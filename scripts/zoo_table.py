@@ -78,6 +78,32 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _annotate_without_overlap(ax, points: list[tuple[float, float, str]]) -> None:
+    """Label each point beside it, moving a label to the first free spot when another is in the way.
+
+    Variants often share MACs and land within a tenth of a point of each other; labels at one fixed
+    offset then print over one another.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    right = [(4, 3 + 10 * k) for k in (0, -1, 1, -2, 2, -3, 3)]
+    candidates = right + [(-4, y) for _, y in right]  # left of the point only when the right side is full
+    placed = []
+    for macs, top1, label in sorted(points, key=lambda p: (-p[1], p[0])):
+        for dx, dy in candidates:
+            text = ax.annotate(label, (macs, top1), textcoords='offset points', xytext=(dx, dy), fontsize=7,
+                               ha='left' if dx > 0 else 'right', va='center')
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:  # every spot is taken: the last one keeps the label, as a label is never dropped
+            ax.add_artist(text)
+        placed.append(box)
+        if (dx, dy) != candidates[0]:  # a thin line leads from a moved label to its point
+            ax.annotate('', (macs, top1), textcoords='offset points', xytext=(dx, dy),
+                        arrowprops=dict(arrowstyle='-', lw=0.4, color='0.5'))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -87,6 +113,7 @@ def plot(rows: list[dict], path: Path) -> None:
     shortest = min((r['epochs'] for r in rows), default=None)  # the zoo's recipe; longer ones are marked
     # Width curves, one per kind and recipe length: (kind, epochs) -> MACs -> top-1 of each seed
     series = defaultdict(lambda: defaultdict(list))
+    labelled = []  # (MACs, top-1, label) of the hollow markers
     for r in rows:
         v = variant(r['architecture'])
         kind = 'XSepConv' if v.startswith('xsep') else 'DWConv'
@@ -95,8 +122,7 @@ def plot(rows: list[dict], path: Path) -> None:
             continue
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',
                    edgecolors='tab:orange' if kind == 'XSepConv' else 'tab:blue')
-        ax.annotate(v if r['epochs'] == shortest else f'{v} ({r["epochs"]} epochs)',
-                    (r['macs'] / 1e6, r['top1']), textcoords='offset points', xytext=(4, 3), fontsize=7)
+        labelled.append((r['macs'] / 1e6, r['top1'], v if r['epochs'] == shortest else f'{v} ({r["epochs"]} epochs)'))
     for (kind, epochs), by_macs in sorted(series.items(), key=lambda item: (item[0][1], item[0][0])):
         color, marker = ('tab:orange', 's') if kind == 'XSepConv' else ('tab:blue', 'o')
         longer = epochs != shortest  # its own dashed curve with star markers
@@ -111,10 +137,11 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel('CIFAR-10 top-1 (%)')
     ax.set_title('xsep-zoo: top-1 vs MACs (hollow markers: ablations and kernel-size variants)', fontsize=9)
     ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8, loc='lower right')
+    if series:  # below the axes: inside, it hid the lowest seed
+        ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, metadata={'Software': None})
+    _annotate_without_overlap(ax, labelled)  # after the layout: it measures the labels where they will print
+    fig.savefig(path, bbox_inches='tight', metadata={'Software': None})
     plt.close(fig)
 
 

@@ -54,6 +54,25 @@ def test_zoo_table_averages_seeds_of_one_recipe_only():
     assert means == ['| `mobilenetv3_small_dw_100`, mean of 2 seeds | | 20 | | 84.50 (sd 0.71) | | | | |']
 
 
+def test_zoo_plot_labels_of_close_variants_do_not_overlap():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    zoo_table = _load_script('zoo_table')
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.set_xlim(5, 20)
+    ax.set_ylim(79, 86)
+    points = [(16.71, 85.24, 'xsep_asympad'), (17.58, 85.17, 'xsep_ds7'), (17.65, 85.17, 'dw_ds7'),
+              (16.44, 84.84, 'xsep_no2x2'), (16.71, 84.51, 'xsep_sympad'), (17.17, 84.47, 'xsep_k7')]
+    zoo_table._annotate_without_overlap(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
+    plt.close(fig)
+    assert sorted(t.get_text() for t in ax.texts if t.get_text()) == sorted(label for *_, label in points)
+    assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+
+
 def test_train_queue_guesses_epochs_from_whole_runs(tmp_path, monkeypatch):
     train_queue = _load_script('train_queue')
     monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
