@@ -89,15 +89,14 @@ def _annotate_without_overlap(ax, points: list[tuple[float, float, str]]) -> Non
     candidates = right + [(-4, y) for _, y in right]  # left of the point only when the right side is full
     placed = []
     for macs, top1, label in sorted(points, key=lambda p: (-p[1], p[0])):
-        for dx, dy in candidates:
-            text = ax.annotate(label, (macs, top1), textcoords='offset points', xytext=(dx, dy), fontsize=7,
-                               ha='left' if dx > 0 else 'right', va='center')
+        text = ax.annotate(label, (macs, top1), xytext=candidates[0], textcoords='offset points', fontsize=7,
+                           va='center')
+        for dx, dy in candidates:  # when every spot is taken the label stays at the last: it is never dropped
+            text.xyann = (dx, dy)
+            text.set_horizontalalignment('left' if dx > 0 else 'right')
             box = text.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed):
                 break
-            text.remove()
-        else:  # every spot is taken: the last one keeps the label, as a label is never dropped
-            ax.add_artist(text)
         placed.append(box)
         if (dx, dy) != candidates[0]:  # a thin line leads from a moved label to its point
             ax.annotate('', (macs, top1), textcoords='offset points', xytext=(dx, dy),
