@@ -69,10 +69,38 @@ def _data_description(source) -> str:
     return f'a local copy at `{portable(source)}`'
 
 
-def _machine(record: dict, runs: int) -> str:
-    """The machine a run was trained on, and whether other runs shared its CPU: the time depends on both."""
-    machine = record.get('machine', 'unrecorded')
-    return f'{machine}, one of {runs} runs trained at once' if runs > 1 else machine
+def _stretches(record: dict, log: list, sharing: int) -> list:
+    """The run's epochs in stretches trained on one machine beside the same number of runs.
+
+    A resumed run may continue elsewhere. Log lines written before epochs named their machine
+    fall back to the run's first machine and to the runs-at-once record beside the run.
+    """
+    stretches = []
+    for entry in log:
+        machine = entry.get('machine', record.get('machine', 'unrecorded'))
+        runs = entry.get('runs_at_once', sharing)
+        last = stretches[-1] if stretches else None
+        if last and (last['machine'], last['runs_at_once']) == (machine, runs):
+            last['epochs'][1], last['seconds'] = entry['epoch'], last['seconds'] + entry['seconds']
+        else:
+            stretches.append(dict(machine=machine, runs_at_once=runs, epochs=[entry['epoch']] * 2,
+                                  seconds=entry['seconds']))
+    return stretches
+
+
+def _where_trained(stretches: list) -> str:
+    """Where the run was trained, and whether other runs shared the machine: its time depends on both."""
+    def one(stretch):
+        runs = stretch['runs_at_once']
+        return f"{stretch['machine']}, one of {runs} runs trained at once" if runs > 1 else stretch['machine']
+
+    def span(stretch):
+        first, last = stretch['epochs']
+        return f'epoch {first}' if first == last else f'epochs {first}-{last}'
+
+    if len(stretches) == 1:
+        return one(stretches[0])
+    return '; '.join(f"{one(s)} ({span(s)}, {s['seconds'] / 3600:.2f} h)" for s in stretches)
 
 
 def export_run(args: argparse.Namespace) -> Path:
@@ -101,7 +129,7 @@ def export_run(args: argparse.Namespace) -> Path:
     model.pretrained_cfg['label_names'] = test.classes
     metrics = evaluate_model(model, test, spec)
     cost = count_cost(model, test_size)
-    sharing = runs_at_once(args.run_dir)
+    stretches = _stretches(record, log, runs_at_once(args.run_dir))
 
     recipe = {key: portable(value) if key in ('data_source', 'init_from') else value for key, value in config.items()}
     eval_command = ['python', 'scripts/eval.py', '--model', f'{name}.{tag}', '--pretrained', '--dataset', dataset]
@@ -112,12 +140,13 @@ def export_run(args: argparse.Namespace) -> Path:
         dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
         metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=recipe,
         train_command=_portable_command(record['command']), eval_command=shlex.join(eval_command),
-        train_seconds=sum(entry['seconds'] for entry in log), train_machine=_machine(record, sharing),
+        train_seconds=sum(entry['seconds'] for entry in log), train_machine=_where_trained(stretches),
         base_model=config.get('init_from') or (name if config.get('pretrained') else None),
     )
     results = dict(dataset=dataset, split=spec.test_split, data_source=portable(source), params=cost.params,
                    macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds,
-                   runs_at_once=sharing, recipe=recipe,
+                   runs_at_once=max(s['runs_at_once'] for s in stretches), trained_on=stretches,
+                   recipe=recipe,
                    **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     state = model.state_dict()

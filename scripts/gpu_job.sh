@@ -39,6 +39,8 @@ train() {  # model, compile mode
     local dir=runs/$1.cifar10_e400.seed0
     if [ -f "$dir/config.json" ]; then set -- --output-dir "$dir" --resume --compile "$2"
     else set -- --model "$1" --dataset cifar10 --data-source .device_data/cifar10 --seed 0 --output-dir "$dir" --compile "$2"; fi
+    mkdir -p runs && python3 -c 'import sys, pathlib, xsep_zoo.engine as e
+e.record_runs_at_once(pathlib.Path(sys.argv[1]), int(sys.argv[2]))' "$dir" ${#models[@]}  # logged with each epoch
     python3 scripts/train.py "$@"
 }
 declare -A pid

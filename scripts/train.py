@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 import xsep_zoo
 from xsep_zoo.data import DATASETS, load_test, load_train
-from xsep_zoo.engine import describe_machine, evaluate, image_loader, prepare_images, step_generator, warmup_cosine
+from xsep_zoo.engine import (
+    describe_machine, evaluate, image_loader, prepare_images, runs_at_once, step_generator, warmup_cosine,
+)
 from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, save_weights_file
 
 PAPER_RECIPE = dict(
@@ -237,6 +239,8 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         _truncate_log(log_path, start_epoch)
         for stale in run_dir.glob('checkpoints/.tmp-*'):
             shutil.rmtree(stale)
+    # Logged with every epoch: a resumed run may continue on another machine, or beside other runs.
+    where = dict(machine=describe_machine(world), runs_at_once=runs_at_once(run_dir))
     accelerator.print(f'{config["model"]} on {config["dataset"]}: {len(train)} train / {len(test)} test images, '
                       f'{steps_per_epoch} steps per epoch, epochs {start_epoch + 1}..{config["epochs"]}')
 
@@ -269,7 +273,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         record = dict(epoch=epoch + 1, train_loss=round(train_loss, 5), test_top1=metrics['top1'],
                       test_top5=metrics['top5'], test_loss=round(metrics['loss'], 5), test_count=metrics['count'],
                       lr=scheduler.get_last_lr()[0], images_per_s=round(seen * world / train_seconds, 1),
-                      seconds=round(time.perf_counter() - start, 2))
+                      seconds=round(time.perf_counter() - start, 2), **where)
         if accelerator.is_main_process:
             with open(log_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')

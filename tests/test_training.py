@@ -106,15 +106,46 @@ def test_export_writes_a_hub_folder(exported, trained_run):
     assert results['runs_at_once'] == 1 and 'runs trained at once' not in card  # no record beside the run
 
 
-def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, script_env, cifar10_dir):
+def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log, runs_at_once=None):
+    """Export a copy of the shared run whose log lines `edit_log` rewrote; returns (results, card)."""
     run_dir = tmp_path / trained_run.name
     shutil.copytree(trained_run, run_dir)
-    record_runs_at_once(run_dir, 3)
+    log = [edit_log(entry) for entry in _log(run_dir)]
+    (run_dir / 'log.jsonl').write_text(''.join(json.dumps(entry) + '\n' for entry in log))
+    if runs_at_once is not None:
+        record_runs_at_once(run_dir, runs_at_once)
     run_script('export.py', run_dir, '--hub-root', tmp_path / 'hub', '--data-source', cifar10_dir,
                '--test-limit', '256', env=script_env)
     folder = tmp_path / 'hub' / f'{MODEL}.cifar10'
-    assert json.loads((folder / 'config.json').read_text())['xsep_zoo']['runs_at_once'] == 3
-    assert ', one of 3 runs trained at once, with:' in (folder / 'README.md').read_text()
+    return json.loads((folder / 'config.json').read_text())['xsep_zoo'], (folder / 'README.md').read_text()
+
+
+def test_every_epoch_logs_its_machine(trained_run):
+    assert all(e['machine'] and e['runs_at_once'] == 1 for e in _log(trained_run))
+
+
+def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, script_env, cifar10_dir):
+    def as_logged_before_epochs_named_their_machine(entry):
+        return {k: v for k, v in entry.items() if k not in ('machine', 'runs_at_once')}
+
+    results, card = _export_copy(trained_run, tmp_path, script_env, cifar10_dir,
+                                 as_logged_before_epochs_named_their_machine, runs_at_once=3)
+    assert results['runs_at_once'] == 3
+    assert ', one of 3 runs trained at once, with:' in card
+
+
+def test_export_names_each_machine_a_resumed_run_was_trained_on(trained_run, tmp_path, script_env, cifar10_dir):
+    def first_epoch_on_a_gpu(entry):
+        return {**entry, 'machine': '1 x Some GPU, torch 9', 'runs_at_once': 2} if entry['epoch'] == 1 else entry
+
+    results, card = _export_copy(trained_run, tmp_path, script_env, cifar10_dir, first_epoch_on_a_gpu)
+    log = _log(trained_run)
+    assert [(s['machine'], s['runs_at_once'], s['epochs']) for s in results['trained_on']] == \
+        [('1 x Some GPU, torch 9', 2, [1, 1]), (log[1]['machine'], 1, [2, 2])]
+    assert results['runs_at_once'] == 2
+    gpu_hours, cpu_hours = log[0]['seconds'] / 3600, log[1]['seconds'] / 3600
+    assert (f"on 1 x Some GPU, torch 9, one of 2 runs trained at once (epoch 1, {gpu_hours:.2f} h); "
+            f"{log[1]['machine']} (epoch 2, {cpu_hours:.2f} h), with:") in card
 
 
 def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_path, script_env, cifar10_dir):

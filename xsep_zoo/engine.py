@@ -126,8 +126,12 @@ def describe_machine(num_processes: int = 1) -> str:
     if torch.cuda.is_available():
         device = f'{num_processes} x {torch.cuda.get_device_name()}'
     else:
-        device = f'{cpu_model()}, {torch.get_num_threads()} threads x {num_processes} process(es)'
+        device = f'{cpu_model()}, {_count(torch.get_num_threads(), "thread")} x {_count(num_processes, "process")}'
     return f'{device}, torch {torch.__version__}'
+
+
+def _count(n: int, noun: str) -> str:
+    return f'{n} {noun}' if n == 1 else f'{n} {noun}es' if noun.endswith('s') else f'{n} {noun}s'
 
 
 def _runs_at_once_record(run_dir: Path) -> Path:
