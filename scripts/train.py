@@ -3,6 +3,7 @@
     accelerate launch scripts/train.py --model mobilenetv3_small_xsep_100 --dataset cifar10 --output-dir runs/x
     python scripts/train.py ... --data-source ../shared/datasets/cifar10       # a local copy, offline
     python scripts/train.py --output-dir runs/x --resume                         # continue a killed run
+    python scripts/train.py --output-dir runs/x --resume --time-limit 150        # a piece of a long run
 
 The defaults are the paper's recipe for the dataset (SGD 0.9, wd 6e-5, batch 128, 5 warm-up
 epochs then cosine; lr 0.35 and 400 epochs for CIFAR, 0.35 and 20 for SVHN, 0.15 and 200 for
@@ -47,7 +48,7 @@ PRESETS = {
     'tiny_imagenet': dict(epochs=200, lr=0.15),
 }
 # What a resumed run may set differently from the run it continues: where it is, and how fast it runs.
-RESUME_FREE = ('resume', 'output_dir', 'compile')
+RESUME_FREE = ('resume', 'output_dir', 'compile', 'time_limit')
 COMPILE_MODES = ('off', 'default', 'reduce-overhead', 'max-autotune')
 
 
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--resume', action='store_true', help='continue the run in --output-dir from its last checkpoint')
     p.add_argument('--compile', choices=COMPILE_MODES, default='off',
                    help="torch.compile mode for the model (default off); 'reduce-overhead' adds CUDA graphs on GPU")
+    p.add_argument('--time-limit', type=float, metavar='MINUTES',
+                   help='stop, checkpointed, after the last epoch that ends within this many minutes (at least one '
+                        'epoch runs); continue with --resume')
     g = p.add_argument_group('recipe (default: the paper\'s, per dataset)')
     g.add_argument('--epochs', type=int)
     g.add_argument('--warmup-epochs', type=int)
@@ -81,7 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     f = p.add_argument_group('fine-tuning')
     f.add_argument('--pretrained', action='store_true', default=None, help="start from the model's timm pretrained weights")
     f.add_argument('--init-from', help='start from a zoo checkpoint: run dir, checkpoint dir, Hub folder or .safetensors')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.time_limit is not None and args.time_limit <= 0:
+        p.error(f'--time-limit must be a positive number of minutes, not {args.time_limit:g}')
+    return args
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -185,7 +192,23 @@ def _truncate_log(log_path: Path, epochs_done: int) -> None:
         _write_atomic(log_path, ''.join(line + '\n' for line in lines))
 
 
-def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: str = 'off') -> None:
+class TimeLimit:
+    """Ends a run after the last epoch that fits in the time it was given, checkpointed rather than killed.
+
+    The next epoch is assumed to take as long as the longest one so far (the first includes compiling).
+    """
+
+    def __init__(self, minutes=None):
+        self.minutes, self.began, self.longest = minutes, time.monotonic(), 0.0
+
+    def another_epoch_fits(self, epoch_seconds: float) -> bool:
+        self.longest = max(self.longest, epoch_seconds)
+        return self.minutes is None or time.monotonic() - self.began + self.longest <= self.minutes * 60
+
+
+def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: str = 'off',
+                      time_limit=None) -> None:
+    limit = TimeLimit(time_limit)
     accelerator = Accelerator(mixed_precision=config['mixed_precision'])
     set_seed(config['seed'])
     spec = DATASETS[config['dataset']]
@@ -279,6 +302,13 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
                 f.write(json.dumps(record) + '\n')
         accelerator.print(json.dumps(record))
         checkpoints.save(epoch + 1)
+        if time_limit and epoch + 1 < config['epochs']:
+            fits = torch.tensor(float(limit.another_epoch_fits(time.perf_counter() - start)), device=accelerator.device)
+            if accelerator.reduce(fits, 'sum').item() < world:  # every process stops after the same epoch
+                accelerator.print(f'--time-limit {time_limit:g} min: epoch {epoch + 2} would not end in time; '
+                                  f'stopped after epoch {epoch + 1}, checkpointed: continue with --resume')
+                accelerator.end_training()
+                return
 
     if accelerator.is_main_process:
         final = ema.module if ema is not None else accelerator.unwrap_model(model)
@@ -289,7 +319,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = resolve_config(args)
-    training_function(config, args.output_dir, args.resume, args.compile)
+    training_function(config, args.output_dir, args.resume, args.compile, args.time_limit)
 
 
 if __name__ == '__main__':

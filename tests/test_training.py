@@ -77,6 +77,21 @@ def test_resume_after_sigkill_gives_the_same_weights(kill_when, trained_run, tmp
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_run, tmp_path, script_env,
+                                                                         cifar10_dir):
+    run_dir = tmp_path / 'limited'
+    args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
+    stopped = run_script('train.py', *args, '--time-limit', '0.01', env=script_env)  # 0.6 s: one epoch, then stop
+    assert 'stopped after epoch 1' in stopped.stdout
+    assert [e['epoch'] for e in _log(run_dir)] == [1] and not (run_dir / 'model.safetensors').exists()
+    assert json.loads((run_dir / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
+    run_script('train.py', '--output-dir', run_dir, '--resume', '--time-limit', '60', env=script_env)
+    assert [e['epoch'] for e in _log(run_dir)] == [1, 2]
+    resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_resume_refuses_other_settings(trained_run, script_env):
     result = run_script('train.py', '--output-dir', trained_run, '--resume', '--lr', '0.2', env=script_env, check=False)
     assert result.returncode != 0 and "'lr': (0.1, 0.2)" in result.stderr
