@@ -12,6 +12,7 @@ and the command (config.json), one JSON line per epoch (log.jsonl), a checkpoint
 (checkpoints/) and, at the end, the final weights (model.safetensors; the EMA weights with --ema-decay).
 """
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -173,6 +174,25 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _claim(run_dir: Path):
+    """Hold the run directory while this process trains it: two trainings of one run overwrite each other.
+
+    The lock goes with the returned handle, and with the process however it ends.
+    """
+    handle = open(run_dir / '.lock', 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        sys.exit(f'{run_dir} is being trained by another process (pid {handle.read().strip() or "unknown"}); '
+                 'let it finish or stop it, then resume')
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'{os.getpid()}\n')
+    handle.flush()
+    return handle
+
+
 def _git_commit():
     """The repository's commit (with '+changes' when the tree differs from it), or None outside git."""
     root = Path(__file__).resolve().parents[1]
@@ -216,8 +236,11 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     if config['batch_size'] % world:
         sys.exit(f'--batch-size {config["batch_size"]} must be divisible by the {world} processes')
 
+    lock = None  # noqa: F841 (held while this function runs)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=resume)
+        lock = _claim(run_dir)
     if accelerator.is_main_process and not resume:
-        run_dir.mkdir(parents=True)
         launcher = ['accelerate', 'launch', '--num_processes', str(world)] if world > 1 else ['python']
         record = dict(config=config, command=shlex.join(launcher + sys.argv), argv=sys.argv, num_processes=world,
                       machine=describe_machine(world),

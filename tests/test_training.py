@@ -92,6 +92,23 @@ def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_a_run_being_trained_cannot_be_resumed_beside_it(tmp_path, script_env, cifar10_dir):
+    run_dir = tmp_path / 'busy'
+    args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=script_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / 'config.json').is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, 'the run ended before a second one could be started beside it'
+        second = run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env, check=False)
+        assert second.returncode != 0 and f'being trained by another process (pid {proc.pid})' in second.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_resume_refuses_other_settings(trained_run, script_env):
     result = run_script('train.py', '--output-dir', trained_run, '--resume', '--lr', '0.2', env=script_env, check=False)
     assert result.returncode != 0 and "'lr': (0.1, 0.2)" in result.stderr
