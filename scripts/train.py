@@ -236,10 +236,9 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     if config['batch_size'] % world:
         sys.exit(f'--batch-size {config["batch_size"]} must be divisible by the {world} processes')
 
-    lock = None  # noqa: F841 (held while this function runs)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=resume)
-        lock = _claim(run_dir)
+        lock = _claim(run_dir)  # noqa: F841 (held while this function runs)
     if accelerator.is_main_process and not resume:
         launcher = ['accelerate', 'launch', '--num_processes', str(world)] if world > 1 else ['python']
         record = dict(config=config, command=shlex.join(launcher + sys.argv), argv=sys.argv, num_processes=world,
