@@ -31,10 +31,8 @@ E400_RUNS := $(foreach m,dw xsep,runs/mobilenetv3_small_$(m)_100.cifar10_e400.se
 e400-cpu: $(INSTALLED)
 	test -d .device_data/cifar10 || (mkdir -p .device_data && cp -r ../shared/datasets/cifar10 .device_data/)
 	for run in $(E400_RUNS); do \
-		$(VENV)/bin/python -c 'import sys, pathlib, xsep_zoo.engine as e; e.record_runs_at_once(pathlib.Path(sys.argv[1]), 2)' \
-			$$run && \
 		OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(VENV)/bin/python scripts/train.py \
-			--output-dir $$run --resume --time-limit $(MINUTES) >> $$run.cpu.out 2>&1 & \
+			--output-dir $$run --resume --time-limit $(MINUTES) --runs-at-once 2 >> $$run.cpu.out 2>&1 & \
 	done; wait
 	tail -qn1 $(foreach run,$(E400_RUNS),$(run)/log.jsonl)
 

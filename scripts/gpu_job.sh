@@ -36,12 +36,10 @@ budget=${2:?usage: gpu_job.sh train SECONDS}
 
 models=(mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100)
 train() {  # model, compile mode
-    local dir=runs/$1.cifar10_e400.seed0
-    if [ -f "$dir/config.json" ]; then set -- --output-dir "$dir" --resume --compile "$2"
-    else set -- --model "$1" --dataset cifar10 --data-source .device_data/cifar10 --seed 0 --output-dir "$dir" --compile "$2"; fi
-    mkdir -p runs && python3 -c 'import sys, pathlib, xsep_zoo.engine as e
-e.record_runs_at_once(pathlib.Path(sys.argv[1]), int(sys.argv[2]))' "$dir" ${#models[@]}  # logged with each epoch
-    python3 scripts/train.py "$@"
+    local dir=runs/$1.cifar10_e400.seed0 compile=$2
+    if [ -f "$dir/config.json" ]; then set -- --output-dir "$dir" --resume
+    else set -- --model "$1" --dataset cifar10 --data-source .device_data/cifar10 --seed 0 --output-dir "$dir"; fi
+    python3 scripts/train.py "$@" --compile "$compile" --runs-at-once ${#models[@]}
 }
 declare -A pid
 for m in "${models[@]}"; do

@@ -15,9 +15,10 @@ import os
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
-from xsep_zoo.engine import record_runs_at_once, runs_at_once
+from xsep_zoo.engine import runs_at_once
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = '../shared/datasets/cifar10'  # the shared copy, from the repository root where commands run
@@ -46,9 +47,9 @@ def run_dir(model: str, seed: int) -> Path:
 def epoch_seconds(parallel: int) -> float:
     """The mean epoch time of the slowest zoo run logged so far, for `parallel` runs at once.
 
-    Whole runs, not single epochs: an epoch slowed by other work beside it would otherwise
-    set the guess for every epoch of every run. Runs trained with as many runs beside them are
-    taken as measured; others only when there are none, scaled by the share of a core each run
+    Whole runs (each part of a run trained beside as many runs), not single epochs: an epoch slowed
+    by other work beside it would otherwise set the guess for every epoch of every run. Parts trained
+    with as many runs beside them as `parallel` are taken as measured; others only when there are none, scaled by the share of a core each run
     had (with more runs than cores each gets only a share of one). 3 min per epoch if none.
     """
     def share(runs: int) -> float:
@@ -56,10 +57,13 @@ def epoch_seconds(parallel: int) -> float:
 
     measured, scaled = [], []
     for log in (ROOT / 'runs').glob('*.cifar10.seed*/log.jsonl'):
-        times = [json.loads(line)['seconds'] for line in log.read_text().splitlines()]
-        if times:
-            ran_with = runs_at_once(log.parent)
-            mean = sum(times) / len(times)
+        recorded = runs_at_once(log.parent)  # for epochs logged before they recorded it
+        times = defaultdict(list)
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            times[entry.get('runs_at_once', recorded)].append(entry['seconds'])
+        for ran_with, seconds in times.items():
+            mean = sum(seconds) / len(seconds)
             (measured if ran_with == parallel else scaled).append(mean / share(ran_with) * share(parallel))
     return max(measured or scaled, default=180.0 * share(parallel))
 
@@ -72,18 +76,15 @@ def seconds_needed(model: str, seed: int, parallel: int) -> float:
 
 
 def start(model: str, seed: int, parallel: int) -> subprocess.Popen:
-    """Train (or resume) one entry, run from the repository root with relative paths, as a card shows it.
-
-    Beside the run it records how many runs share the CPU, for the time guesses of later queues.
-    """
+    """Train (or resume) one entry, run from the repository root with relative paths, as a card shows it."""
     folder = run_dir(model, seed)
     threads = 1 if parallel > 1 else (os.cpu_count() or 1)
     output_dir = str(folder.relative_to(ROOT))
     args = ['--output-dir', output_dir, '--resume'] if (folder / 'config.json').is_file() else \
         ['--model', model, '--seed', str(seed), '--data-source', DATA, *RECIPE, '--output-dir', output_dir]
+    args += ['--runs-at-once', str(parallel)]  # logged with each epoch, for the time guesses of later queues
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1')
     folder.parent.mkdir(exist_ok=True)
-    record_runs_at_once(folder, parallel)
     out = open(folder.parent / f'{folder.name}.out', 'a')
     return subprocess.Popen([sys.executable, 'scripts/train.py', *args], cwd=ROOT, env=env,
                             stdout=out, stderr=subprocess.STDOUT)

@@ -101,6 +101,27 @@ def test_train_queue_takes_runs_at_the_same_parallelism_as_measured(tmp_path, mo
     assert train_queue.epoch_seconds(parallel=4) == 600.0  # nothing measured at 4: scaled, the slowest
 
 
+def test_train_queue_takes_the_runs_at_once_each_epoch_logged(tmp_path, monkeypatch):
+    train_queue = _load_script('train_queue')
+    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
+    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
+    (tmp_path / 'runs' / 'resumed.cifar10.seed0').mkdir(parents=True)
+    log = [dict(seconds=200, runs_at_once=1)] * 3 + [dict(seconds=330, runs_at_once=2)]
+    (tmp_path / 'runs' / 'resumed.cifar10.seed0' / 'log.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in log))
+    assert train_queue.epoch_seconds(parallel=1) == 200.0  # not the mean of all four epochs
+    assert train_queue.epoch_seconds(parallel=2) == 330.0
+
+
+def test_train_queue_tells_each_run_how_many_share_the_cpu(tmp_path, monkeypatch):
+    train_queue = _load_script('train_queue')
+    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
+    started = []
+    monkeypatch.setattr(train_queue.subprocess, 'Popen', lambda args, **kwargs: started.append((args, kwargs['env'])))
+    train_queue.start('mobilenetv3_small_dw_100', 0, parallel=2)
+    (args, env), = started
+    assert args[args.index('--runs-at-once') + 1] == '2' and env['OMP_NUM_THREADS'] == '1'
+
+
 def test_export_shows_paths_from_the_repository_root():
     export = _load_script('export')
     assert export.portable(str(ROOT / 'scripts' / 'train.py')) == 'scripts/train.py'

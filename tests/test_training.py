@@ -17,7 +17,6 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from xsep_zoo.engine import record_runs_at_once
 from xsep_zoo.hub import WeightsError, load_matching_state_dict, sha256_file
 
 from conftest import MODEL, ROOT, TRAIN_ARGS, run_script
@@ -85,8 +84,9 @@ def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_
     assert 'stopped after epoch 1' in stopped.stdout
     assert [e['epoch'] for e in _log(run_dir)] == [1] and not (run_dir / 'model.safetensors').exists()
     assert json.loads((run_dir / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
-    run_script('train.py', '--output-dir', run_dir, '--resume', '--time-limit', '60', env=script_env)
-    assert [e['epoch'] for e in _log(run_dir)] == [1, 2]
+    run_script('train.py', '--output-dir', run_dir, '--resume', '--time-limit', '60', '--runs-at-once', '2',
+               env=script_env)
+    assert [(e['epoch'], e['runs_at_once']) for e in _log(run_dir)] == [(1, 1), (2, 2)]
     resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -112,6 +112,12 @@ def test_a_run_being_trained_cannot_be_resumed_beside_it(tmp_path, script_env, c
 def test_resume_refuses_other_settings(trained_run, script_env):
     result = run_script('train.py', '--output-dir', trained_run, '--resume', '--lr', '0.2', env=script_env, check=False)
     assert result.returncode != 0 and "'lr': (0.1, 0.2)" in result.stderr
+
+
+def test_runs_at_once_counts_the_run_itself(trained_run, script_env):
+    result = run_script('train.py', '--output-dir', trained_run, '--resume', '--runs-at-once', '0', env=script_env,
+                        check=False)
+    assert result.returncode != 0 and '--runs-at-once counts this training too: 1 or more, not 0' in result.stderr
 
 
 def test_export_writes_a_hub_folder(exported, trained_run):
@@ -144,8 +150,8 @@ def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log, runs_
     shutil.copytree(trained_run, run_dir)
     log = [edit_log(entry) for entry in _log(run_dir)]
     (run_dir / 'log.jsonl').write_text(''.join(json.dumps(entry) + '\n' for entry in log))
-    if runs_at_once is not None:
-        record_runs_at_once(run_dir, runs_at_once)
+    if runs_at_once is not None:  # as scripts/train_queue.py recorded it before epochs logged it
+        (run_dir.parent / f'{run_dir.name}.queue.json').write_text(json.dumps({'parallel': runs_at_once}))
     run_script('export.py', run_dir, '--hub-root', tmp_path / 'hub', '--data-source', cifar10_dir,
                '--test-limit', '256', env=script_env)
     folder = tmp_path / 'hub' / f'{MODEL}.cifar10'

@@ -21,7 +21,7 @@ from .data import DatasetSpec, ImageTensors, augment, normalize
 
 __all__ = [
     'EpochPermutation', 'image_loader', 'step_generator', 'warmup_cosine', 'prepare_images', 'evaluate', 'evaluate_model',
-    'describe_machine', 'cpu_model', 'record_runs_at_once', 'runs_at_once',
+    'describe_machine', 'cpu_model', 'runs_at_once',
 ]
 
 
@@ -134,18 +134,13 @@ def _count(n: int, noun: str) -> str:
     return f'{n} {noun}' if n == 1 else f'{n} {noun}es' if noun.endswith('s') else f'{n} {noun}s'
 
 
-def _runs_at_once_record(run_dir: Path) -> Path:
-    return run_dir.parent / f'{run_dir.name}.queue.json'
-
-
-def record_runs_at_once(run_dir: Path, runs: int) -> None:
-    """Note beside a run how many runs share the CPU with it: its epoch times depend on it."""
-    _runs_at_once_record(run_dir).write_text(json.dumps({'parallel': runs}) + '\n')
-
-
 def runs_at_once(run_dir: Path) -> int:
-    """How many runs shared the CPU when this one was last started; 1 without a record."""
-    record = _runs_at_once_record(run_dir)
+    """How many runs shared the CPU with this one, as recorded beside it when it was last started.
+
+    Runs logged before each epoch recorded `runs_at_once` (train.py --runs-at-once) kept this count in
+    `<run>.queue.json`; 1 without it.
+    """
+    record = run_dir.parent / f'{run_dir.name}.queue.json'
     return json.loads(record.read_text())['parallel'] if record.is_file() else 1
 
 
