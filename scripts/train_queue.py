@@ -49,8 +49,9 @@ def epoch_seconds(parallel: int) -> float:
 
     Whole runs (each part of a run trained beside as many runs), not single epochs: an epoch slowed
     by other work beside it would otherwise set the guess for every epoch of every run. Parts trained
-    with as many runs beside them as `parallel` are taken as measured; others only when there are none, scaled by the share of a core each run
-    had (with more runs than cores each gets only a share of one). 3 min per epoch if none.
+    with as many runs beside them as `parallel` are taken as measured; others only when there are
+    none, scaled by the share of a core each run had (with more runs than cores each gets only a
+    share of one). 3 min per epoch if none.
     """
     def share(runs: int) -> float:
         return max(1.0, runs / (os.cpu_count() or 1))
