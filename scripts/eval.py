@@ -75,7 +75,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     model, dataset, weights = load_model(args)
     if dataset not in DATASETS:
-        sys.exit(f'unknown dataset {dataset!r} for these weights; pass --dataset, one of: {", ".join(sorted(DATASETS))}')
+        allowed = ', '.join(sorted(DATASETS))
+        sys.exit(f'unknown dataset {dataset!r} for these weights; pass --dataset, one of: {allowed}')
     if args.reparameterize:
         model = reparameterize_model(model.eval())
     test = load_test(dataset, source=args.data_source, limit=args.limit)

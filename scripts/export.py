@@ -108,7 +108,8 @@ def export_run(args: argparse.Namespace) -> Path:
     config = record['config']
     weights = args.run_dir / WEIGHTS_NAME
     if not weights.is_file():
-        sys.exit(f'{args.run_dir}: no {WEIGHTS_NAME}; the run has not finished (resume it with scripts/train.py --resume)')
+        sys.exit(f'{args.run_dir}: no {WEIGHTS_NAME}; the run has not finished '
+                 '(resume it with scripts/train.py --resume)')
     log = [json.loads(line) for line in (args.run_dir / 'log.jsonl').read_text().splitlines()]
     name, dataset, tag = config['model'], config['dataset'], args.tag or config['dataset']
     spec = DATASETS[dataset]

@@ -18,8 +18,11 @@ mode=${1:?usage: gpu_job.sh bench | train SECONDS}
 start=$(date +%s)
 out=${OUT:?OUT is not set}
 export PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-if [ ! -d .device_data/cifar10 ] || [ ! -d .whl ]; then echo "missing .device_data/cifar10 or .whl on this machine"; exit 2; fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if [ ! -d .device_data/cifar10 ] || [ ! -d .whl ]; then
+    echo "missing .device_data/cifar10 or .whl on this machine"; exit 2
+fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, timm, datasets; print("torch", torch.__version__, "timm", timm.__version__,
@@ -63,7 +66,8 @@ for m in "${models[@]}"; do kill -9 "${pid[$m]}" 2>/dev/null; done
 wait 2>/dev/null
 for m in "${models[@]}"; do
     dir=runs/$m.cifar10_e400.seed0
-    echo "$m: $(wc -l < "$dir/log.jsonl" 2>/dev/null || echo 0) epochs logged; last: $(tail -n 1 "$dir/log.jsonl" 2>/dev/null)"
+    logged=$(wc -l < "$dir/log.jsonl" 2>/dev/null || echo 0)
+    echo "$m: $logged epochs logged; last: $(tail -n 1 "$dir/log.jsonl" 2>/dev/null)"
     # a finished run needs only its record and final weights; an unfinished one its latest checkpoint
     if [ -f "$dir/model.safetensors" ]; then files=("$dir/config.json" "$dir/log.jsonl" "$dir/model.safetensors")
     else files=("$dir/config.json" "$dir/log.jsonl" "$dir/checkpoints"); fi

@@ -88,8 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument('--seed', type=int)
     g.add_argument('--eval-batch-size', type=int)
     f = p.add_argument_group('fine-tuning')
-    f.add_argument('--pretrained', action='store_true', default=None, help="start from the model's timm pretrained weights")
-    f.add_argument('--init-from', help='start from a zoo checkpoint: run dir, checkpoint dir, Hub folder or .safetensors')
+    f.add_argument('--pretrained', action='store_true', default=None,
+                   help="start from the model's timm pretrained weights")
+    f.add_argument('--init-from',
+                   help='start from a zoo checkpoint: run dir, checkpoint dir, Hub folder or .safetensors')
     args = p.parse_args(argv)
     if args.time_limit is not None and args.time_limit <= 0:
         p.error(f'--time-limit must be a positive number of minutes, not {args.time_limit:g}')
@@ -254,7 +256,8 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         _write_atomic(run_dir / 'config.json', json.dumps(record, indent=2) + '\n')
     accelerator.wait_for_everyone()
 
-    train = load_train(config['dataset'], source=config['data_source'], limit=config['train_limit'], seed=config['seed'])
+    train = load_train(
+        config['dataset'], source=config['data_source'], limit=config['train_limit'], seed=config['seed'])
     test = load_test(config['dataset'], source=config['data_source'], limit=config['test_limit'])
     train_loader = image_loader(train, config['batch_size'] // world, shuffle_seed=config['seed'])
     test_loader = image_loader(test, config['eval_batch_size'] // world)

@@ -293,7 +293,10 @@ class FakeHub:
         return 200, {}, {"url": self._repo_url(repo_id), "name": repo_id}
 
     def _preupload(self, req, repo, rev):
-        """POST .../preupload/{rev}: every file is "regular" (no LFS, no Xet); ``oid`` lets the client skip unchanged files."""
+        """POST .../preupload/{rev}: every file is "regular" (no LFS, no Xet).
+
+        ``oid`` lets the client skip unchanged files.
+        """
         self._require_auth(req)
         self._require_main(req, rev)
         body = req.json_body()

@@ -42,7 +42,8 @@ def test_download_goes_through_head_and_get_then_the_cache(fake_hub):
     path = hf_hub_download("org/tiny", "config.json")
     assert open(path, "rb").read() == data
     assert f"snapshots/{sha}/config.json" in path.replace(os.sep, "/")  # the empty temp cache, keyed by X-Repo-Commit
-    assert fake_hub.log() == ["HEAD /org/tiny/resolve/main/config.json 200", "GET /org/tiny/resolve/main/config.json 200"]
+    assert fake_hub.log() == [
+        "HEAD /org/tiny/resolve/main/config.json 200", "GET /org/tiny/resolve/main/config.json 200"]
 
     assert hf_hub_download("org/tiny", "config.json") == path
     assert fake_hub.log()[2:] == ["HEAD /org/tiny/resolve/main/config.json 200"]  # cache hit: metadata only

@@ -110,7 +110,8 @@ def test_per_layer_macs_follow_the_paper():
 
 
 @pytest.mark.parametrize('name, modes', [
-    ('mobilenetv3_small_xsep_100', ['right_bottom', 'left_top', 'left_bottom', 'right_top', 'right_bottom', 'left_top']),
+    ('mobilenetv3_small_xsep_100',
+     ['right_bottom', 'left_top', 'left_bottom', 'right_top', 'right_bottom', 'left_top']),
     ('mobilenetv3_small_xsep_k7_100', ['right_bottom', 'left_top', 'left_bottom', 'right_top']),
     ('mobilenetv3_small_xsep_ds7_100', ['symmetric']),
     ('mobilenetv3_small_xsep_sympad_100', ['symmetric'] * 6),
@@ -189,7 +190,8 @@ def test_kwargs_override_the_variant():
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="unknown padding strategy 'diagonal'; allowed: 'improved'"):
         timm.create_model('mobilenetv3_small_xsep', padding='diagonal')
-    with pytest.raises(ValueError, match="unknown xsep_variant 'sideways'; allowed: 'standard', 'no2x2', 'behind', 'parallel'"):
+    allowed = "'standard', 'no2x2', 'behind', 'parallel'"
+    with pytest.raises(ValueError, match=f"unknown xsep_variant 'sideways'; allowed: {allowed}"):
         timm.create_model('mobilenetv3_small_xsep', xsep_variant='sideways')
     with pytest.raises(ValueError, match="depthwise op 'xsep4': kernel size must be odd and >= 3, got 4"):
         timm.create_model('mobilenetv3_small_dw_100', ops={MID: 'xsep4'})
@@ -203,11 +205,13 @@ def test_bad_model_arguments():
 
 def test_bad_inputs():
     model = timm.create_model('mobilenetv3_small_xsep').eval()
-    with pytest.raises(ValueError, match=r'expected a 4D input \(batch, channels, height, width\), got shape \(3, 32, 32\)'):
+    with pytest.raises(ValueError,
+                       match=r'expected a 4D input \(batch, channels, height, width\), got shape \(3, 32, 32\)'):
         model(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r'expected 3 input channels, got 1'):
         model(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match='input 7x32 is too small: this network has total stride 8, so height and width must be at least 8'):
+    too_small = 'input 7x32 is too small: this network has total stride 8, so height and width must be at least 8'
+    with pytest.raises(ValueError, match=too_small):
         model(torch.randn(2, 3, 7, 32))
     with pytest.raises(ValueError, match='total stride 32'):
         timm.create_model('mobilenetv3_small_dw_100', small_input=False)(torch.randn(2, 3, 16, 16))

@@ -242,11 +242,12 @@ def test_damaged_weights_are_refused(damage, exported, tmp_path, monkeypatch):
     folder = _copy(exported, tmp_path / exported.name)
     weights = folder / 'model.safetensors'
     data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2] if damage == 'truncated' else data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+    flipped = data[:-9] + bytes([data[-9] ^ 1]) + data[-8:]
+    weights.write_bytes(data[: len(data) // 2] if damage == 'truncated' else flipped)
     monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(tmp_path))
-    for create in (lambda: timm.create_model(MODEL, pretrained=True), lambda: timm.create_model(f'local-dir:{folder}', pretrained=True)):
+    for name in (MODEL, f'local-dir:{folder}'):
         with pytest.raises(WeightsError, match=f'{weights}: sha256 .* differs'):
-            create()
+            timm.create_model(name, pretrained=True)
 
 
 def test_unreadable_safetensors_file_is_named(tmp_path, trained_run, script_env, cifar10_dir):
@@ -291,7 +292,8 @@ def test_new_head_when_the_classes_differ(exported):
     skipped = load_matching_state_dict(model, state, 'the export', new_head_ok=True)
     assert skipped == ['classifier.bias', 'classifier.weight']
     assert torch.equal(model.state_dict()['conv_stem.weight'], state['conv_stem.weight'])
-    with pytest.raises(WeightsError, match=r'the export does not fit .*other shape: classifier.bias, classifier.weight'):
+    with pytest.raises(WeightsError,
+                       match=r'the export does not fit .*other shape: classifier.bias, classifier.weight'):
         load_matching_state_dict(timm.create_model(MODEL, num_classes=7), state, 'the export')
     with pytest.raises(WeightsError, match='missing: .*unexpected: '):
         load_matching_state_dict(timm.create_model('mobilenetv3_small_dw_050'), state, 'the export', new_head_ok=True)

@@ -125,7 +125,8 @@ def test_right_bottom_padding_drifts_to_top_left(n):
 
 
 def test_single_directions_shift_half_a_pixel_away_from_the_padded_side():
-    expected = {'right_bottom': (-0.5, -0.5), 'left_top': (0.5, 0.5), 'left_bottom': (-0.5, 0.5), 'right_top': (0.5, -0.5)}
+    expected = {
+        'right_bottom': (-0.5, -0.5), 'left_top': (0.5, 0.5), 'left_bottom': (-0.5, 0.5), 'right_top': (0.5, -0.5)}
     for mode, shift in expected.items():
         dy, dx = _centre_of_mass_shift([mode])
         assert (dy.item(), dx.item()) == shift, mode

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Sampler
 from .data import DatasetSpec, ImageTensors, augment, normalize
 
 __all__ = [
-    'EpochPermutation', 'image_loader', 'step_generator', 'warmup_cosine', 'prepare_images', 'evaluate', 'evaluate_model',
-    'describe_machine', 'cpu_model', 'runs_at_once',
+    'EpochPermutation', 'image_loader', 'step_generator', 'warmup_cosine', 'prepare_images', 'evaluate',
+    'evaluate_model', 'describe_machine', 'cpu_model', 'runs_at_once',
 ]
 
 

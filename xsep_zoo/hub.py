@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     'HUB_DIR_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'WeightsError', 'local_hub_root', 'local_repo_dir',
-    'sha256_file', 'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights', 'pretrained_weights_overlay', 'load_matching_state_dict',
+    'sha256_file', 'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
+    'pretrained_weights_overlay', 'load_matching_state_dict',
     'write_hub_folder',
 ]
 

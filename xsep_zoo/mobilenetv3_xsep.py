@@ -138,7 +138,8 @@ class XSepMobileNetV3(MobileNetV3):
         if x.ndim != 4:
             raise ValueError(f'expected a 4D input (batch, channels, height, width), got shape {tuple(x.shape)}')
         if x.shape[1] != self.in_chans:
-            raise ValueError(f'expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
+            raise ValueError(
+                f'expected {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})')
         if min(x.shape[-2:]) < self.total_stride:
             raise ValueError(
                 f'input {x.shape[-2]}x{x.shape[-1]} is too small: this network has total stride '
