@@ -23,18 +23,29 @@ benchmark: $(INSTALLED)
 		--layer-batches --models mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100 \
 		--readme README.md --section benchmark-cpu-compiled
 
-# continue the 400-epoch main pair (started on a lent GPU by scripts/gpu_job.sh) on this CPU, both at once with
-# one thread each, for MINUTES; each stops checkpointed after its last epoch that fits. The runs read their data
-# from where they began, .device_data/cifar10 (ignored): a copy of the shared one.
+# train the 400-epoch main pair (also on lent GPUs: scripts/gpu_job.sh) on this CPU, both at once with one thread
+# each, for MINUTES; each stops checkpointed after its last epoch that fits. A run continues from its saved state,
+# hub_cards/<model>.cifar10_e400/last-checkpoint/ (scripts/run_state.py), and saves its progress there at the end:
+# commit it, or the next session starts where this one began. The runs read their data from
+# .device_data/cifar10 (ignored), a copy of the shared one.
 MINUTES ?= 150
-E400_RUNS := $(foreach m,dw xsep,runs/mobilenetv3_small_$(m)_100.cifar10_e400.seed0)
+E400_MODELS := mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100
 e400-cpu: $(INSTALLED)
 	test -d .device_data/cifar10 || (mkdir -p .device_data && cp -r ../shared/datasets/cifar10 .device_data/)
-	for run in $(E400_RUNS); do \
+	mkdir -p runs
+	for m in $(E400_MODELS); do \
+		run=runs/$$m.cifar10_e400.seed0; \
+		$(VENV)/bin/python scripts/run_state.py restore hub_cards/$$m.cifar10_e400/last-checkpoint $$run || exit 1; \
+		if [ -f $$run/config.json ]; then args="--output-dir $$run --resume"; \
+		else args="--model $$m --dataset cifar10 --data-source .device_data/cifar10 --seed 0 --output-dir $$run"; fi; \
 		OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 $(VENV)/bin/python scripts/train.py \
-			--output-dir $$run --resume --time-limit $(MINUTES) --runs-at-once 2 >> $$run.cpu.out 2>&1 & \
+			$$args --time-limit $(MINUTES) --runs-at-once 2 >> $$run.cpu.out 2>&1 & \
 	done; wait
-	tail -qn1 $(foreach run,$(E400_RUNS),$(run)/log.jsonl)
+	for m in $(E400_MODELS); do \
+		$(VENV)/bin/python scripts/run_state.py save runs/$$m.cifar10_e400.seed0 \
+			hub_cards/$$m.cifar10_e400/last-checkpoint || exit 1; \
+		tail -n1 runs/$$m.cifar10_e400.seed0/log.jsonl; \
+	done
 
 $(INSTALLED): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

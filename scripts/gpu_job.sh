@@ -4,15 +4,17 @@
 #   bash scripts/gpu_job.sh bench            # CUDA benchmark, fp32 and bf16 -> $OUT/benchmark-cuda.{json,md}
 #   bash scripts/gpu_job.sh train SECONDS    # the paper's full CIFAR-10 recipe (400 epochs) for the main pair
 #
-# `train` starts or resumes both runs at once in runs/<model>.cifar10_e400.seed0, stops them with
-# SIGKILL (checkpoints are atomic) SECONDS after it began, minus a margin, and leaves each run
-# in $OUT/<model>.tar: unpack it here into runs/, carry it next time to resume, export it when done.
-# Each needs .whl/ (wheels of datasets, dill, multiprocess, timm) and .device_data/cifar10/ beside
-# the tree; `train` also the run folders when resuming. Data (56 MB) and both runs (25 MB) exceed
-# one call's 64 MiB, so send them in two calls on the same warm machine: `bench` carrying .whl and
-# .device_data, then at once `train` carrying the run folders (what a call left there stays).
-# The tracked hub_cards/*/model.safetensors travel too and count: move them out of the tree for the
-# calls (nothing here reads them) and back afterwards.
+# `train` starts both runs at once in runs/<model>.cifar10_e400.seed0, or continues them from their saved
+# state in hub_cards/<model>.cifar10_e400/last-checkpoint/ (tracked, so it travels with the tree), stops them
+# with SIGKILL (checkpoints are atomic) SECONDS after it began, minus a margin, and leaves each run in
+# $OUT/<model>.tar: unpack it here into runs/, then `python scripts/run_state.py save` it back into its saved
+# state and commit that (or export it when done).
+# Each needs .whl/ (wheels of datasets, dill, multiprocess, timm) and .device_data/cifar10/ beside the tree.
+# Data (56 MB) and both saved states (25 MB) exceed one call's 64 MiB, so send them in two calls on the same
+# warm machine: `bench` carrying .whl and .device_data, with the last-checkpoint folders moved out of the tree,
+# then at once `train` with them back (what a call left there stays). The tracked
+# hub_cards/*/model.safetensors travel too and count: move them out of the tree for both calls (nothing here
+# reads them) and back afterwards.
 set -u
 mode=${1:?usage: gpu_job.sh bench | train SECONDS}
 start=$(date +%s)
@@ -40,6 +42,7 @@ budget=${2:?usage: gpu_job.sh train SECONDS}
 models=(mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100)
 train() {  # model, compile mode
     local dir=runs/$1.cifar10_e400.seed0 compile=$2
+    python3 scripts/run_state.py restore "hub_cards/$1.cifar10_e400/last-checkpoint" "$dir" || return 1
     if [ -f "$dir/config.json" ]; then set -- --output-dir "$dir" --resume
     else set -- --model "$1" --dataset cifar10 --data-source .device_data/cifar10 --seed 0 --output-dir "$dir"; fi
     python3 scripts/train.py "$@" --compile "$compile" --runs-at-once ${#models[@]}

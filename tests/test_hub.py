@@ -81,6 +81,19 @@ def test_push_publishes_the_folder(exported, fake_hub, script_env, tmp_path):
     assert not [p for p in (tmp_path / 'hf_home').rglob('*') if p.is_file() and TOKEN.encode() in p.read_bytes()]
 
 
+def test_push_all_skips_a_run_still_training_and_refuses_a_half_folder(exported, script_env, tmp_path):
+    root, unfinished = tmp_path / 'hub_root', tmp_path / 'hub_root' / f'{MODEL}.cifar10_e400'
+    shutil.copytree(exported, root / exported.name)
+    (unfinished / 'last-checkpoint' / 'checkpoints').mkdir(parents=True)
+    result = run_script('push.py', '--all', '--dry-run', '--hub-root', root, env=script_env)
+    assert f'would push {root / exported.name} -> ' in result.stdout
+    assert f'skipping {unfinished}: it holds only last-checkpoint/' in result.stdout
+    assert f'{unfinished} ->' not in result.stdout
+    (unfinished / 'README.md').write_text('a card without weights')
+    refused = run_script('push.py', '--all', '--dry-run', '--hub-root', root, env=script_env, check=False)
+    assert refused.returncode != 0 and f'{unfinished}: not a Hub folder, missing model.safetensors' in refused.stderr
+
+
 def test_push_refuses_a_damaged_folder_and_a_missing_token(exported, fake_hub, script_env, tmp_path):
     folder = tmp_path / exported.name
     shutil.copytree(exported, folder)

@@ -92,6 +92,37 @@ def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_a_run_continues_in_another_session_from_its_saved_state(trained_run, tmp_path, script_env, cifar10_dir):
+    run_dir, state = tmp_path / 'runs' / 'long', tmp_path / 'hub' / f'{MODEL}.cifar10_long' / 'last-checkpoint'
+    args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
+    run_script('train.py', *args, '--time-limit', '0.01', env=script_env)  # the first session: epoch 1
+    saved = run_script('run_state.py', 'save', run_dir, state, env=script_env)
+    assert 'saved epoch 1' in saved.stdout
+    assert sorted(p.relative_to(state).as_posix() for p in state.rglob('*') if p.is_file()) == [
+        'checkpoints/epoch-0001/custom_checkpoint_0.pkl', 'checkpoints/epoch-0001/model.safetensors',
+        'checkpoints/epoch-0001/optimizer.bin', 'checkpoints/epoch-0001/progress.json',
+        'checkpoints/epoch-0001/random_states_0.pkl', 'checkpoints/latest.json', 'config.json', 'log.jsonl']
+    assert 'kept it' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
+
+    shutil.rmtree(run_dir)  # the next session starts from a fresh clone: only the saved state is left
+    assert 'restored epoch 1' in run_script('run_state.py', 'restore', state, run_dir, env=script_env).stdout
+    run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env)
+    resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    assert 'saved epoch 2' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
+    assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
+    assert not (state / 'checkpoints' / 'epoch-0001').exists() and not list(state.parent.glob('.*'))
+    behind = tmp_path / 'behind'
+    shutil.copytree(run_dir, behind)
+    (behind / 'checkpoints' / 'latest.json').write_text(json.dumps({'checkpoint': 'epoch-0001', 'epochs_done': 1}))
+    refused = run_script('run_state.py', 'restore', state, behind, env=script_env, check=False)
+    assert refused.returncode != 0 and 'behind the saved state (2)' in refused.stderr
+    assert 'kept it' in run_script('run_state.py', 'save', behind, state, env=script_env).stdout  # never backwards
+    assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
+
+
 def test_a_run_being_trained_cannot_be_resumed_beside_it(tmp_path, script_env, cifar10_dir):
     run_dir = tmp_path / 'busy'
     args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]

@@ -31,6 +31,8 @@ WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 SHA256_KEY = 'weights_sha256'  # top-level key of config.json; timm ignores it
+# where a run longer than one session keeps its latest checkpoint until it is exported (scripts/run_state.py)
+LAST_CHECKPOINT_DIR = 'last-checkpoint'
 
 
 class WeightsError(RuntimeError):

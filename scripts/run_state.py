@@ -1,0 +1,102 @@
+"""Keep the latest checkpoint of an unfinished long run in its Hub folder, so that another session continues it.
+
+A run folder under runs/ does not outlive the session (or the lent GPU machine) that trained it; a
+training longer than any one of them must travel with the repository. Like the `last-checkpoint/`
+folder that transformers' Trainer pushes to a model repo with hub_strategy="checkpoint", the run's
+record and latest checkpoint live in hub_cards/<model>.<tag>/last-checkpoint/ until the run is
+finished and exported:
+
+    python scripts/run_state.py restore hub_cards/<model>.<tag>/last-checkpoint runs/<run>   # then train --resume
+    python scripts/run_state.py save runs/<run> hub_cards/<model>.<tag>/last-checkpoint      # after it stopped
+
+Neither step goes backwards: `save` keeps a saved state that is further along than the run, and
+`restore` refuses to replace a run folder that is behind the saved state (move it away first).
+Only the standard library is used, so it runs anywhere the repository does, before any install.
+"""
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+# What a run folder needs to be resumed: its command and settings, its log, its latest checkpoint.
+RECORD = ('config.json', 'log.jsonl')
+POINTER = Path('checkpoints') / 'latest.json'
+
+
+def epochs_done(folder: Path) -> Optional[int]:
+    """Epochs completed by the latest checkpoint in a run folder (or a saved state), None if it has none."""
+    pointer = folder / POINTER
+    return json.loads(pointer.read_text())['epochs_done'] if pointer.is_file() else None
+
+
+def copy_state(src: Path, dst: Path) -> None:
+    """Copy a run's record and latest checkpoint into `dst` (which must not exist)."""
+    latest = json.loads((src / POINTER).read_text())['checkpoint']
+    dst.mkdir(parents=True)
+    for name in RECORD:
+        shutil.copy2(src / name, dst / name)
+    shutil.copytree(src / 'checkpoints' / latest, dst / 'checkpoints' / latest)
+    shutil.copy2(src / POINTER, dst / POINTER)
+    for path in (dst, *dst.rglob('*')):  # accelerate writes model.safetensors private
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def save(run_dir: Path, state_dir: Path) -> str:
+    run_epochs, saved_epochs = epochs_done(run_dir), epochs_done(state_dir)
+    if run_epochs is None:
+        sys.exit(f'{run_dir}: no checkpoint ({POINTER} not found); nothing to save')
+    if saved_epochs is not None and saved_epochs >= run_epochs:
+        return f'{state_dir} already holds epoch {saved_epochs} (the run is at {run_epochs}); kept it'
+    # build the new copy beside the old one, then swap: an interruption leaves one complete state
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{state_dir.name}.', dir=state_dir.parent))
+    try:
+        copy_state(run_dir, tmp / 'state')
+        old = tmp / 'old'
+        if state_dir.exists():
+            state_dir.rename(old)
+        try:
+            (tmp / 'state').rename(state_dir)
+        except OSError:
+            if old.exists():
+                old.rename(state_dir)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    was = f'epoch {saved_epochs}' if saved_epochs is not None else 'nothing'
+    return f'{state_dir}: saved epoch {run_epochs} of {run_dir} (it held {was})'
+
+
+def restore(state_dir: Path, run_dir: Path) -> str:
+    saved_epochs, run_epochs = epochs_done(state_dir), epochs_done(run_dir)
+    if saved_epochs is None:
+        return f'{state_dir}: no saved state; {run_dir} is left as it is'
+    if run_dir.exists():
+        if run_epochs is not None and run_epochs >= saved_epochs:
+            return f'{run_dir} is at epoch {run_epochs}, the saved state at {saved_epochs}; kept the run folder'
+        sys.exit(f'{run_dir} is at epoch {run_epochs or 0}, behind the saved state ({saved_epochs}) in {state_dir}; '
+                 'move the run folder away to restore it')
+    copy_state(state_dir, run_dir)
+    return f'{run_dir}: restored epoch {saved_epochs} from {state_dir}'
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    sub = p.add_subparsers(dest='action', required=True)
+    s = sub.add_parser('save', help="copy a run's latest checkpoint into its saved state")
+    s.add_argument('run_dir', type=Path)
+    s.add_argument('state_dir', type=Path)
+    r = sub.add_parser('restore', help='recreate a run folder from its saved state')
+    r.add_argument('state_dir', type=Path)
+    r.add_argument('run_dir', type=Path)
+    args = p.parse_args(argv)
+    message = save(args.run_dir, args.state_dir) if args.action == 'save' else restore(args.state_dir, args.run_dir)
+    print(message)
+    return message
+
+
+if __name__ == '__main__':
+    main()
