@@ -26,8 +26,9 @@ benchmark: $(INSTALLED)
 # train the 400-epoch main pair (also on lent GPUs: scripts/gpu_job.sh) on this CPU, both at once with one thread
 # each, for MINUTES; each stops checkpointed after its last epoch that fits. A run continues from its saved state,
 # hub_cards/<model>.cifar10_e400/last-checkpoint/ (scripts/run_state.py), and saves its progress there at the end:
-# commit it, or the next session starts where this one began. The runs read their data from
-# .device_data/cifar10 (ignored), a copy of the shared one.
+# commit it, or the next session starts where this one began. A finished run is published with
+# `scripts/export.py runs/<run> --tag cifar10_e400`, which replaces that saved state. The runs read their data
+# from .device_data/cifar10 (ignored), a copy of the shared one.
 MINUTES ?= 150
 E400_MODELS := mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100
 e400-cpu: $(INSTALLED)

@@ -5,7 +5,8 @@
 Writes model.safetensors (the run's final weights: the EMA ones when EMA was on), timm's
 config.json (with the weights' sha256 and the measured results at its top level) and the model
 card README.md. The accuracy is measured here, on the exported weights, over the whole test split;
-params and MACs come from the counter. An existing folder is replaced only with --overwrite.
+params and MACs come from the counter. An existing folder is replaced only with --overwrite, or
+when it holds nothing but the saved state of this same run (last-checkpoint/, scripts/run_state.py).
 """
 import argparse
 import json
@@ -22,7 +23,7 @@ from xsep_zoo import count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, load_test
 from xsep_zoo.engine import evaluate_model, runs_at_once
-from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, local_hub_root, write_hub_folder
+from xsep_zoo.hub import LAST_CHECKPOINT_DIR, WEIGHTS_NAME, load_weights_into, local_hub_root, write_hub_folder
 from xsep_zoo.model_card import CardFacts, render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,14 @@ def _where_trained(stretches: list) -> str:
     return '; '.join(f"{one(s)} ({span(s)}, {s['seconds'] / 3600:.2f} h)" for s in stretches)
 
 
+def _holds_only_this_runs_state(folder: Path, record: dict) -> bool:
+    """Whether `folder` holds nothing but the saved state of this run (scripts/run_state.py), which its export ends."""
+    if not folder.is_dir() or [p.name for p in folder.iterdir()] != [LAST_CHECKPOINT_DIR]:
+        return False
+    saved = folder / LAST_CHECKPOINT_DIR / 'config.json'
+    return saved.is_file() and json.loads(saved.read_text())['config'] == record['config']
+
+
 def export_run(args: argparse.Namespace) -> Path:
     record = json.loads((args.run_dir / 'config.json').read_text())
     config = record['config']
@@ -151,8 +160,12 @@ def export_run(args: argparse.Namespace) -> Path:
                    **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     state = model.state_dict()
+    overwrite = args.overwrite
+    if not overwrite and _holds_only_this_runs_state(folder, record):
+        print(f'{folder}: the finished export replaces the saved state of this run ({LAST_CHECKPOINT_DIR}/)')
+        overwrite = True
     try:
-        write_hub_folder(folder, model, state, render_model_card(facts), dict(xsep_zoo=results), args.overwrite)
+        write_hub_folder(folder, model, state, render_model_card(facts), dict(xsep_zoo=results), overwrite)
     except FileExistsError as e:
         sys.exit(str(e))
     print(f'{folder}: top-1 {metrics["top1"]:.2f} % on {metrics["count"]} images, '

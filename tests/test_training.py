@@ -304,6 +304,29 @@ def test_export_refuses_an_existing_folder(exported, trained_run, script_env, ci
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == before
 
 
+def test_export_of_a_finished_long_run_replaces_only_its_own_saved_state(trained_run, tmp_path, script_env,
+                                                                           cifar10_dir):
+    hub_root = tmp_path / 'hub'
+    export = ['export.py', trained_run, '--tag', 'cifar10_long', '--hub-root', hub_root, '--data-source', cifar10_dir,
+              '--test-limit', '64']
+    folder = hub_root / f'{MODEL}.cifar10_long'
+    other = tmp_path / 'other_run'  # the same files, but the record of another run (seed 4)
+    shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns('.lock'))
+    record = json.loads((other / 'config.json').read_text())
+    record['config']['seed'] = 4
+    (other / 'config.json').write_text(json.dumps(record))
+    run_script('run_state.py', 'save', other, folder / 'last-checkpoint', env=script_env)
+    refused = run_script(*export, env=script_env, check=False)
+    assert refused.returncode != 0 and 'exists; pass --overwrite' in refused.stderr
+    assert [p.name for p in folder.iterdir()] == ['last-checkpoint']
+
+    shutil.rmtree(folder)
+    run_script('run_state.py', 'save', trained_run, folder / 'last-checkpoint', env=script_env)
+    result = run_script(*export, env=script_env)
+    assert 'replaces the saved state of this run' in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+
+
 @pytest.mark.parametrize('start', ['--pretrained', '--init-from'])
 def test_fine_tuning_starts_from_the_given_weights(start, exported, tmp_path, script_env, cifar10_dir):
     # lr 0 keeps every weight where it started (BN statistics still move), so the start is visible at the end
