@@ -11,6 +11,7 @@ finished and exported:
 
 Neither step goes backwards: `save` keeps a saved state that is further along than the run, and
 `restore` refuses to replace a run folder that is behind the saved state (move it away first).
+Neither mixes two runs: both refuse when the settings in the two config.json files differ.
 Only the standard library is used, so it runs anywhere the repository does, before any install.
 """
 import argparse
@@ -32,6 +33,16 @@ def epochs_done(folder: Path) -> Optional[int]:
     return json.loads(pointer.read_text())['epochs_done'] if pointer.is_file() else None
 
 
+def check_same_run(a: Path, b: Path) -> None:
+    """Refuse to mix two different runs: the settings in their config.json must be equal (where both have one)."""
+    settings = [json.loads((f / 'config.json').read_text())['config'] if (f / 'config.json').is_file() else None
+                for f in (a, b)]
+    if None not in settings and settings[0] != settings[1]:
+        changed = sorted(k for k in {**settings[0], **settings[1]} if settings[0].get(k) != settings[1].get(k))
+        sys.exit(f'{a} and {b} are different runs (their settings differ in {", ".join(changed)}); '
+                 'nothing was copied')
+
+
 def copy_state(src: Path, dst: Path) -> None:
     """Copy a run's record and latest checkpoint into `dst` (which must not exist)."""
     latest = json.loads((src / POINTER).read_text())['checkpoint']
@@ -48,6 +59,7 @@ def save(run_dir: Path, state_dir: Path) -> str:
     run_epochs, saved_epochs = epochs_done(run_dir), epochs_done(state_dir)
     if run_epochs is None:
         sys.exit(f'{run_dir}: no checkpoint ({POINTER} not found); nothing to save')
+    check_same_run(run_dir, state_dir)
     if saved_epochs is not None and saved_epochs >= run_epochs:
         return f'{state_dir} already holds epoch {saved_epochs} (the run is at {run_epochs}); kept it'
     # build the new copy beside the old one, then swap: an interruption leaves one complete state
@@ -74,6 +86,7 @@ def restore(state_dir: Path, run_dir: Path) -> str:
     saved_epochs, run_epochs = epochs_done(state_dir), epochs_done(run_dir)
     if saved_epochs is None:
         return f'{state_dir}: no saved state; {run_dir} is left as it is'
+    check_same_run(state_dir, run_dir)
     if run_dir.exists():
         if run_epochs is not None and run_epochs >= saved_epochs:
             return f'{run_dir} is at epoch {run_epochs}, the saved state at {saved_epochs}; kept the run folder'

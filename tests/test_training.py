@@ -121,6 +121,14 @@ def test_a_run_continues_in_another_session_from_its_saved_state(trained_run, tm
     assert refused.returncode != 0 and 'behind the saved state (2)' in refused.stderr
     assert 'kept it' in run_script('run_state.py', 'save', behind, state, env=script_env).stdout  # never backwards
     assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
+    other = json.loads((behind / 'config.json').read_text())
+    other['config']['seed'] = 4
+    (behind / 'config.json').write_text(json.dumps(other))
+    (behind / 'checkpoints' / 'latest.json').write_text(json.dumps({'checkpoint': 'epoch-0002', 'epochs_done': 3}))
+    for action in (['save', behind, state], ['restore', state, behind]):
+        mixed = run_script('run_state.py', *action, env=script_env, check=False)
+        assert mixed.returncode != 0 and 'different runs (their settings differ in seed)' in mixed.stderr
+    assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
 
 
 def test_a_run_being_trained_cannot_be_resumed_beside_it(tmp_path, script_env, cifar10_dir):
