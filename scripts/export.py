@@ -23,7 +23,8 @@ from xsep_zoo import count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, load_test
 from xsep_zoo.engine import evaluate_model, runs_at_once
-from xsep_zoo.hub import LAST_CHECKPOINT_DIR, WEIGHTS_NAME, load_weights_into, local_hub_root, write_hub_folder
+from xsep_zoo.hub import (LAST_CHECKPOINT_DIR, WEIGHTS_NAME, is_unfinished_run, load_weights_into, local_hub_root,
+                          write_hub_folder)
 from xsep_zoo.model_card import CardFacts, render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def _where_trained(stretches: list) -> str:
 
 def _holds_only_this_runs_state(folder: Path, record: dict) -> bool:
     """Whether `folder` holds nothing but the saved state of this run (scripts/run_state.py), which its export ends."""
-    if not folder.is_dir() or [p.name for p in folder.iterdir()] != [LAST_CHECKPOINT_DIR]:
+    if not is_unfinished_run(folder):
         return False
     saved = folder / LAST_CHECKPOINT_DIR / 'config.json'
     return saved.is_file() and json.loads(saved.read_text())['config'] == record['config']

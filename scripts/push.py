@@ -15,8 +15,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.utils import get_token
 
 from xsep_zoo.constants import HUB_ORG
-from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, LAST_CHECKPOINT_DIR, WEIGHTS_NAME, WeightsError, local_hub_root,
-                          verified_weights)
+from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, LAST_CHECKPOINT_DIR, WEIGHTS_NAME, WeightsError, is_unfinished_run,
+                          local_hub_root, verified_weights)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def hub_folders(args: argparse.Namespace) -> list[Path]:
     if root is None or not root.is_dir():
         sys.exit(f'no Hub folder root at {root}; pass --hub-root')
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    unfinished = [p for p in folders if [c.name for c in p.iterdir()] == [LAST_CHECKPOINT_DIR]]
+    unfinished = [p for p in folders if is_unfinished_run(p)]
     for folder in unfinished:
         print(f'skipping {folder}: it holds only {LAST_CHECKPOINT_DIR}/, a run still training (scripts/run_state.py)')
     return [p for p in folders if p not in unfinished]

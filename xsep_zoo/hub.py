@@ -35,6 +35,11 @@ SHA256_KEY = 'weights_sha256'  # top-level key of config.json; timm ignores it
 LAST_CHECKPOINT_DIR = 'last-checkpoint'
 
 
+def is_unfinished_run(folder: Path) -> bool:
+    """Whether a Hub folder holds nothing but the saved state of a run still training."""
+    return folder.is_dir() and [p.name for p in folder.iterdir()] == [LAST_CHECKPOINT_DIR]
+
+
 class WeightsError(RuntimeError):
     """Weights that must not be loaded: missing, unreadable, altered, or for another network."""
 
