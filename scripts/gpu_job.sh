@@ -10,11 +10,16 @@
 # $OUT/<model>.tar: unpack it here into runs/, then `python scripts/run_state.py save` it back into its saved
 # state and commit that (or export it when done).
 # Each needs .whl/ (wheels of datasets, dill, multiprocess, timm) and .device_data/cifar10/ beside the tree.
-# Data (56 MB) and both saved states (25 MB) exceed one call's 64 MiB, so send them in two calls on the same
-# warm machine: `bench` carrying .whl and .device_data, with the last-checkpoint folders moved out of the tree,
-# then at once `train` with them back (what a call left there stays). The tracked
-# hub_cards/*/model.safetensors travel too and count: move them out of the tree for both calls (nothing here
-# reads them) and back afterwards.
+# Data (56 MB) and both saved states (25 MB) exceed one call's 64 MiB, so they go in two calls on the same
+# machine, which stays warm only 30 s between calls: prepare both before the first, so that nothing is left
+# to do here between them. Move hub_cards/*/model.safetensors (nothing here reads them) out of the tree for
+# both calls, and the two last-checkpoint folders into .e400_state/<model>/ (ignored via .git/info/exclude).
+#   call 1, carrying .whl and .device_data: `bench`, or only the wheels' install where the benchmark is done
+#   call 2, carrying .e400_state: copy each .e400_state/<model>/last-checkpoint into hub_cards/<model>.cifar10_e400/,
+#           then `train SECONDS` (what call 1 left on the machine stays there)
+# A further `train` call on the still-warm machine continues from the run folders the last one left there
+# (restore keeps a run folder that is ahead of the saved state), so device time left over is not wasted.
+# Afterwards move the folders back, unpack the newest tars, and `run_state.py save` each run.
 set -u
 mode=${1:?usage: gpu_job.sh bench | train SECONDS}
 start=$(date +%s)
