@@ -72,29 +72,31 @@ def _data_description(source) -> str:
 
 
 def _stretches(record: dict, log: list, sharing: int) -> list:
-    """The run's epochs in stretches trained on one machine beside the same number of runs.
+    """The run's epochs in stretches trained on one machine, beside the same number of runs, in one float mode.
 
     A resumed run may continue elsewhere. Log lines written before epochs named their machine
-    fall back to the run's first machine and to the runs-at-once record beside the run.
+    fall back to the run's first machine and to the runs-at-once record beside the run; those
+    written before train.py flushed subnormals on the CPU did not flush them.
     """
     stretches = []
     for entry in log:
-        machine = entry.get('machine', record.get('machine', 'unrecorded'))
-        runs = entry.get('runs_at_once', sharing)
+        where = dict(machine=entry.get('machine', record.get('machine', 'unrecorded')),
+                     runs_at_once=entry.get('runs_at_once', sharing),
+                     flush_denormal=entry.get('flush_denormal', False))
         last = stretches[-1] if stretches else None
-        if last and (last['machine'], last['runs_at_once']) == (machine, runs):
+        if last and all(last[key] == value for key, value in where.items()):
             last['epochs'][1], last['seconds'] = entry['epoch'], last['seconds'] + entry['seconds']
         else:
-            stretches.append(dict(machine=machine, runs_at_once=runs, epochs=[entry['epoch']] * 2,
-                                  seconds=entry['seconds']))
+            stretches.append(dict(**where, epochs=[entry['epoch']] * 2, seconds=entry['seconds']))
     return stretches
 
 
 def _where_trained(stretches: list) -> str:
-    """Where the run was trained, and whether other runs shared the machine: its time depends on both."""
+    """Where the run was trained, whether other runs shared the machine (its time depends on both), and how."""
     def one(stretch):
         runs = stretch['runs_at_once']
-        return f"{stretch['machine']}, one of {runs} runs trained at once" if runs > 1 else stretch['machine']
+        text = f"{stretch['machine']}, one of {runs} runs trained at once" if runs > 1 else stretch['machine']
+        return text + (', subnormal floats flushed to zero' if stretch['flush_denormal'] else '')
 
     def span(stretch):
         first, last = stretch['epochs']

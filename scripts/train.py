@@ -238,6 +238,9 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
                       time_limit=None, runs_at_once: int = 1) -> None:
     limit = TimeLimit(time_limit)
     accelerator = Accelerator(mixed_precision=config['mixed_precision'])
+    # Late in a long run some weights and gradients go subnormal; CPUs (Intel's most) handle them in microcode,
+    # which made one measured training step 2.3x slower. Flushing them to zero changes values below 1.2e-38 only.
+    flush_denormal = accelerator.device.type == 'cpu' and torch.set_flush_denormal(True)
     set_seed(config['seed'])
     spec = DATASETS[config['dataset']]
     world = accelerator.num_processes
@@ -294,7 +297,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         for stale in run_dir.glob('checkpoints/.tmp-*'):
             shutil.rmtree(stale)
     # Logged with every epoch: a resumed run may continue on another machine, or beside other runs.
-    where = dict(machine=describe_machine(world), runs_at_once=runs_at_once)
+    where = dict(machine=describe_machine(world), runs_at_once=runs_at_once, flush_denormal=flush_denormal)
     accelerator.print(f'{config["model"]} on {config["dataset"]}: {len(train)} train / {len(test)} test images, '
                       f'{steps_per_epoch} steps per epoch, epochs {start_epoch + 1}..{config["epochs"]}')
 

@@ -5,6 +5,7 @@ shared by the tests that only read it.
 """
 import dataclasses
 import json
+import platform
 import shutil
 import signal
 import subprocess
@@ -201,9 +202,14 @@ def test_every_epoch_logs_its_machine(trained_run):
     assert all(e['machine'] and e['runs_at_once'] == 1 for e in _log(trained_run))
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='torch flushes subnormals on x86')
+def test_training_on_the_cpu_flushes_subnormal_floats(trained_run):
+    assert all(e['flush_denormal'] is True for e in _log(trained_run))
+
+
 def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, script_env, cifar10_dir):
     def as_logged_before_epochs_named_their_machine(entry):
-        return {k: v for k, v in entry.items() if k not in ('machine', 'runs_at_once')}
+        return {k: v for k, v in entry.items() if k not in ('machine', 'runs_at_once', 'flush_denormal')}
 
     results, card = _export_copy(trained_run, tmp_path, script_env, cifar10_dir,
                                  as_logged_before_epochs_named_their_machine, runs_at_once=3)
@@ -213,16 +219,17 @@ def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, scrip
 
 def test_export_names_each_machine_a_resumed_run_was_trained_on(trained_run, tmp_path, script_env, cifar10_dir):
     def first_epoch_on_a_gpu(entry):
-        return {**entry, 'machine': '1 x Some GPU, torch 9', 'runs_at_once': 2} if entry['epoch'] == 1 else entry
+        gpu = {'machine': '1 x Some GPU, torch 9', 'runs_at_once': 2, 'flush_denormal': False}
+        return {**entry, **gpu} if entry['epoch'] == 1 else {**entry, 'flush_denormal': True}
 
     results, card = _export_copy(trained_run, tmp_path, script_env, cifar10_dir, first_epoch_on_a_gpu)
     log = _log(trained_run)
-    assert [(s['machine'], s['runs_at_once'], s['epochs']) for s in results['trained_on']] == \
-        [('1 x Some GPU, torch 9', 2, [1, 1]), (log[1]['machine'], 1, [2, 2])]
+    assert [(s['machine'], s['runs_at_once'], s['flush_denormal'], s['epochs']) for s in results['trained_on']] == \
+        [('1 x Some GPU, torch 9', 2, False, [1, 1]), (log[1]['machine'], 1, True, [2, 2])]
     assert results['runs_at_once'] == 2
     gpu_hours, cpu_hours = log[0]['seconds'] / 3600, log[1]['seconds'] / 3600
     assert (f"on 1 x Some GPU, torch 9, one of 2 runs trained at once (epoch 1, {gpu_hours:.2f} h); "
-            f"{log[1]['machine']} (epoch 2, {cpu_hours:.2f} h), with:") in card
+            f"{log[1]['machine']}, subnormal floats flushed to zero (epoch 2, {cpu_hours:.2f} h), with:") in card
 
 
 def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_path, script_env, cifar10_dir):
