@@ -8,6 +8,7 @@ finished and exported:
 
     python scripts/run_state.py restore hub_cards/<model>.<tag>/last-checkpoint runs/<run>   # then train --resume
     python scripts/run_state.py save runs/<run> hub_cards/<model>.<tag>/last-checkpoint      # after it stopped
+    python scripts/run_state.py finished runs/<run>      # exit status 0 once it can be exported, 1 before
 
 Neither step goes backwards: `save` keeps a saved state that is further along than the run, and
 `restore` refuses to replace a run folder that is behind the saved state (move it away first).
@@ -25,12 +26,25 @@ from typing import Optional
 # What a run folder needs to be resumed: its command and settings, its log, its latest checkpoint.
 RECORD = ('config.json', 'log.jsonl')
 POINTER = Path('checkpoints') / 'latest.json'
+FINAL_WEIGHTS = 'model.safetensors'  # what train.py writes after the last epoch (xsep_zoo.hub.WEIGHTS_NAME)
 
 
 def epochs_done(folder: Path) -> Optional[int]:
     """Epochs completed by the latest checkpoint in a run folder (or a saved state), None if it has none."""
     pointer = folder / POINTER
     return json.loads(pointer.read_text())['epochs_done'] if pointer.is_file() else None
+
+
+def finished(run_dir: Path) -> tuple[bool, str]:
+    """Whether a run has trained all its epochs and written its final weights: what export needs."""
+    if not (run_dir / 'config.json').is_file():
+        return False, f'{run_dir}: not started'
+    epochs, done = json.loads((run_dir / 'config.json').read_text())['config']['epochs'], epochs_done(run_dir) or 0
+    if done < epochs:
+        return False, f'{run_dir}: epoch {done} of {epochs}'
+    if not (run_dir / FINAL_WEIGHTS).is_file():
+        return False, f'{run_dir}: epoch {done} of {epochs}, no {FINAL_WEIGHTS} yet (resume it to write them)'
+    return True, f'{run_dir}: finished, epoch {done} of {epochs}'
 
 
 def check_same_run(a: Path, b: Path) -> None:
@@ -105,7 +119,15 @@ def main(argv=None) -> str:
     r = sub.add_parser('restore', help='recreate a run folder from its saved state')
     r.add_argument('state_dir', type=Path)
     r.add_argument('run_dir', type=Path)
+    f = sub.add_parser('finished', help='exit status 0 when a run has trained all its epochs and written its weights')
+    f.add_argument('run_dir', type=Path)
     args = p.parse_args(argv)
+    if args.action == 'finished':
+        done, message = finished(args.run_dir)
+        print(message)
+        if not done:
+            sys.exit(1)
+        return message
     message = save(args.run_dir, args.state_dir) if args.action == 'save' else restore(args.state_dir, args.run_dir)
     print(message)
     return message

@@ -104,10 +104,14 @@ def test_a_run_continues_in_another_session_from_its_saved_state(trained_run, tm
         'checkpoints/epoch-0001/optimizer.bin', 'checkpoints/epoch-0001/progress.json',
         'checkpoints/epoch-0001/random_states_0.pkl', 'checkpoints/latest.json', 'config.json', 'log.jsonl']
     assert 'kept it' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
+    unfinished = run_script('run_state.py', 'finished', run_dir, env=script_env, check=False)
+    assert unfinished.returncode == 1 and unfinished.stdout.strip() == f'{run_dir}: epoch 1 of 2'
 
     shutil.rmtree(run_dir)  # the next session starts from a fresh clone: only the saved state is left
     assert 'restored epoch 1' in run_script('run_state.py', 'restore', state, run_dir, env=script_env).stdout
     run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env)
+    assert run_script('run_state.py', 'finished', run_dir, env=script_env).stdout.strip() == \
+        f'{run_dir}: finished, epoch 2 of 2'
     resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -115,6 +119,10 @@ def test_a_run_continues_in_another_session_from_its_saved_state(trained_run, tm
     assert 'saved epoch 2' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
     assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
     assert not (state / 'checkpoints' / 'epoch-0001').exists() and not list(state.parent.glob('.*'))
+    restored = tmp_path / 'restored'  # the last epoch's checkpoint, not yet the final weights
+    run_script('run_state.py', 'restore', state, restored, env=script_env)
+    weightless = run_script('run_state.py', 'finished', restored, env=script_env, check=False)
+    assert weightless.returncode == 1 and 'epoch 2 of 2, no model.safetensors yet' in weightless.stdout
     behind = tmp_path / 'behind'
     shutil.copytree(run_dir, behind)
     (behind / 'checkpoints' / 'latest.json').write_text(json.dumps({'checkpoint': 'epoch-0001', 'epochs_done': 1}))
