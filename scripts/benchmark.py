@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 import xsep_zoo  # noqa: F401  registers the models
-from readme_section import print_and_write
+from readme_section import check_section, print_and_write
 from xsep_zoo import XSepConv, count_cost
 from xsep_zoo.engine import describe_machine
 
@@ -388,11 +388,13 @@ def main(argv=None) -> dict:
     command = 'python ' + shlex.join(['scripts/benchmark.py', *(sys.argv[1:] if argv is None else argv)])
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         sys.exit(f'--device {args.device}: CUDA is not available here; allowed: cpu')
+    section = args.section or f'benchmark-{torch.device(args.device).type}'
+    check_section(args.readme, section)
     result = benchmark(args, command)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + '\n')
-    print_and_write(markdown(result), args.readme, args.section or f'benchmark-{torch.device(args.device).type}')
+    print_and_write(markdown(result), args.readme, section)
     return result
 
 

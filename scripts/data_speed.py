@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import xsep_zoo  # noqa: F401  (registers the models)
-from readme_section import print_and_write, replace_section
+from readme_section import check_section, print_and_write
 from xsep_zoo.data import DATASETS, DatasetSpec, ImageTensors, augment, load_train, normalize
 from xsep_zoo.engine import cpu_model
 
@@ -82,11 +82,7 @@ def main() -> None:
     parser.add_argument('--threads', type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument('--readme', type=Path, help=f'rewrite the {SECTION} section of this file')
     args = parser.parse_args()
-    if args.readme:  # fail before minutes of timing, not after
-        try:
-            replace_section(args.readme.read_text(), SECTION, '')
-        except (OSError, ValueError) as e:
-            sys.exit(f'{args.readme}: {e}')
+    check_section(args.readme, SECTION)
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,6 +21,15 @@ def replace_section(text: str, name: str, body: str) -> str:
     return f'{head}{start}\n{body}{end}{tail}'
 
 
+def check_section(readme: Optional[Path], name: str) -> None:
+    """Exit, naming the file, unless `readme` (when given) has the section: before minutes of timing, not after."""
+    if readme:
+        try:
+            replace_section(readme.read_text(), name, '')
+        except (OSError, ValueError) as e:
+            sys.exit(f'{readme}: {e}')
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     path.write_text(replace_section(path.read_text(), name, body))
 
