@@ -215,6 +215,16 @@ def test_training_on_the_cpu_flushes_subnormal_floats(trained_run):
     assert all(e['flush_denormal'] is True for e in _log(trained_run))
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='torch flushes subnormals on x86')
+@pytest.mark.parametrize('pool_first', [False, True])
+def test_flush_subnormals_holds_in_every_thread_only_when_called_before_the_pool_starts(pool_first):
+    code = ('import torch; torch.set_num_threads(2)\n'
+            + ('(torch.ones(1 << 22) * 2.0).sum()\n' if pool_first else '')
+            + 'from xsep_zoo.engine import flush_subnormals; print(flush_subnormals())')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(not pool_first)
+
+
 def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, script_env, cifar10_dir):
     def as_logged_before_epochs_named_their_machine(entry):
         return {k: v for k, v in entry.items() if k not in ('machine', 'runs_at_once', 'flush_denormal')}

@@ -21,7 +21,7 @@ from .data import DatasetSpec, ImageTensors, augment, normalize
 
 __all__ = [
     'EpochPermutation', 'image_loader', 'step_generator', 'warmup_cosine', 'prepare_images', 'evaluate',
-    'evaluate_model', 'describe_machine', 'cpu_model', 'runs_at_once',
+    'evaluate_model', 'describe_machine', 'cpu_model', 'runs_at_once', 'flush_subnormals',
 ]
 
 
@@ -119,6 +119,20 @@ def evaluate_model(
     model = model.to(accelerator.device, memory_format=memory_format)
     loader = accelerator.prepare(image_loader(test, batch_size))
     return evaluate(model, loader, spec, accelerator, channels_last)
+
+
+def flush_subnormals() -> bool:
+    """Flush subnormal floats to zero on the CPU; returns whether every intra-op thread does.
+
+    Late in a long run some weights and gradients go subnormal, which many CPUs compute with in
+    microcode. torch.set_flush_denormal sets the calling thread only, and OpenMP workers copy it when
+    they start: call this before the first parallel op. The check multiplies the smallest subnormal
+    (bit pattern 1) by one across a tensor large enough to be split over all threads.
+    """
+    if not torch.set_flush_denormal(True):
+        return False
+    smallest = torch.ones(1 << 20, dtype=torch.int32).view(torch.float32)
+    return not bool((smallest * 1.0).view(torch.int32).count_nonzero())
 
 
 def describe_machine(num_processes: int = 1) -> str:
