@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+from safetensors.torch import save_file
+
+import xsep_zoo  # noqa: F401  (registers the models)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))  # scripts import their sibling helpers, as when run directly
@@ -199,3 +203,35 @@ def test_readme_benchmark_tables_come_from_the_script(section):
     body = readme.split(start)[1].split(end)[0]
     assert body.lstrip().startswith('Measured on') and '`python scripts/benchmark.py' in body
     assert 'XSepConv / DW ratios' in body and 'Per layer' in body
+
+
+def test_readme_subnormal_table_comes_from_the_script():
+    readme = (ROOT / 'README.md').read_text()
+    body = readme.split('<!-- subnormal-speed:start -->')[1].split('<!-- subnormal-speed:end -->')[0]
+    assert 'written by `python scripts/subnormal_speed.py' in body and '| slowdown |' in body
+    assert '| `mobilenetv3_small_xsep_100` |' in body
+
+
+def test_subnormal_speed_counts_the_subnormal_weights_and_times_both_modes(tmp_path, script_env):
+    run = tmp_path / 'run'
+    run.mkdir()
+    config = {'config': {'model': 'mobilenetv3_small_xsep_050', 'dataset': 'cifar10'}}
+    (run / 'config.json').write_text(json.dumps(config))
+    state = timm.create_model('mobilenetv3_small_xsep_050', num_classes=10).state_dict()
+    state['blocks.2.1.conv_dw.conv_2x2.weight'].view(-1)[:3] = 1e-40
+    save_file({k: v.contiguous() for k, v in state.items()}, run / 'model.safetensors')
+    readme = tmp_path / 'README.md'
+    readme.write_text('no section yet\n')
+    refused = run_script('subnormal_speed.py', run, '--readme', readme, env=script_env, check=False)
+    assert refused.returncode != 0 and 'expected exactly one <!-- subnormal-speed:start -->' in refused.stderr
+    readme.write_text('<!-- subnormal-speed:start -->\n<!-- subnormal-speed:end -->\n')
+
+    table = run_script('subnormal_speed.py', run, '--batch-size', '16', '--rounds', '1', '--steps', '1',
+                       '--readme', readme, env=script_env).stdout
+    rows = [line.split(' | ') for line in table.splitlines() if line.startswith('| `')]
+    total = sum(v.numel() for v in state.values() if v.is_floating_point())
+    assert [(row[1], row[2]) for row in rows] == [(f'`{run / "model.safetensors"}`', f'3 of {total:,}'),
+                                                  ('fresh', f'0 of {total:,}')]
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
+    assert f'`python scripts/subnormal_speed.py {run} --batch-size 16 --rounds 1 --steps 1`' in table
+    assert table in readme.read_text()
