@@ -22,6 +22,9 @@ from xsep_zoo.hub import WeightsError, load_matching_state_dict, sha256_file
 
 from conftest import MODEL, ROOT, TRAIN_ARGS, run_script
 
+x86_only = pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'),
+                              reason='torch flushes subnormals on x86')
+
 
 def _log(run_dir):
     return [json.loads(line) for line in (run_dir / 'log.jsonl').read_text().splitlines()]
@@ -210,12 +213,12 @@ def test_every_epoch_logs_its_machine(trained_run):
     assert all(e['machine'] and e['runs_at_once'] == 1 for e in _log(trained_run))
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='torch flushes subnormals on x86')
+@x86_only
 def test_training_on_the_cpu_flushes_subnormal_floats(trained_run):
     assert all(e['flush_denormal'] is True for e in _log(trained_run))
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='torch flushes subnormals on x86')
+@x86_only
 @pytest.mark.parametrize('pool_first', [False, True])
 def test_flush_subnormals_holds_in_every_thread_only_when_called_before_the_pool_starts(pool_first):
     code = ('import torch; torch.set_num_threads(2)\n'
