@@ -4,8 +4,8 @@
 #   bash scripts/gpu_job.sh bench            # CUDA benchmark, fp32 and bf16 -> $OUT/benchmark-cuda.{json,md}
 #   bash scripts/gpu_job.sh train SECONDS    # the paper's full CIFAR-10 recipe (400 epochs) for the main pair
 #
-# `train` starts both runs at once in runs/<model>.cifar10_e400.seed0, or continues them from their saved
-# state in hub_cards/<model>.cifar10_e400/last-checkpoint/ (tracked, so it travels with the tree), stops them
+# `train` starts the runs not yet exported, at once, in runs/<model>.cifar10_e400.seed0, or continues them from
+# their saved state in hub_cards/<model>.cifar10_e400/last-checkpoint/ (tracked, so it travels with the tree), stops them
 # with SIGKILL (checkpoints are atomic) SECONDS after it began, minus a margin, and leaves each run in
 # $OUT/<model>.tar: unpack it here into runs/, then `python scripts/run_state.py save` it back into its saved
 # state and commit that (or export it when done).
@@ -44,7 +44,11 @@ fi
 [ "$mode" = train ] || { echo "unknown mode $mode; allowed: bench, train"; exit 2; }
 budget=${2:?usage: gpu_job.sh train SECONDS}
 
-models=(mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100)
+models=()  # the runs not exported yet
+for m in mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100; do
+    python3 scripts/run_state.py published "hub_cards/$m.cifar10_e400" || models+=("$m")
+done
+[ ${#models[@]} -gt 0 ] || { echo "both runs are exported; nothing to train"; exit 0; }
 train() {  # model, compile mode
     local dir=runs/$1.cifar10_e400.seed0 compile=$2
     python3 scripts/run_state.py restore "hub_cards/$1.cifar10_e400/last-checkpoint" "$dir" || return 1

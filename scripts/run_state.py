@@ -9,9 +9,11 @@ finished and exported:
     python scripts/run_state.py restore hub_cards/<model>.<tag>/last-checkpoint runs/<run>   # then train --resume
     python scripts/run_state.py save runs/<run> hub_cards/<model>.<tag>/last-checkpoint      # after it stopped
     python scripts/run_state.py finished runs/<run>      # exit status 0 once it can be exported, 1 before
+    python scripts/run_state.py published hub_cards/<model>.<tag>    # exit status 0 once it is exported
 
-Neither step goes backwards: `save` keeps a saved state that is further along than the run, and
-`restore` refuses to replace a run folder that is behind the saved state (move it away first).
+Neither step goes backwards: `save` keeps a saved state that is further along than the run and never
+writes into a Hub folder that holds the exported model; `restore` refuses to replace a run folder that
+is behind the saved state (move it away first).
 Neither mixes two runs: both refuse when the settings in the two config.json files differ.
 Only the standard library is used, so it runs anywhere the repository does, before any install.
 """
@@ -27,6 +29,7 @@ from typing import Optional
 RECORD = ('config.json', 'log.jsonl')
 POINTER = Path('checkpoints') / 'latest.json'
 FINAL_WEIGHTS = 'model.safetensors'  # what train.py writes after the last epoch (xsep_zoo.hub.WEIGHTS_NAME)
+HUB_CONFIG = 'config.json'  # what export.py writes into the Hub folder, beside weights and card (xsep_zoo.hub.CONFIG_NAME)
 
 
 def epochs_done(folder: Path) -> Optional[int]:
@@ -45,6 +48,13 @@ def finished(run_dir: Path) -> tuple[bool, str]:
     if not (run_dir / FINAL_WEIGHTS).is_file():
         return False, f'{run_dir}: epoch {done} of {epochs}, no {FINAL_WEIGHTS} yet (resume it to write them)'
     return True, f'{run_dir}: finished, epoch {done} of {epochs}'
+
+
+def published(hub_folder: Path) -> tuple[bool, str]:
+    """Whether a run is exported: then its saved state is gone and nothing is left to train, not even from scratch."""
+    if (hub_folder / HUB_CONFIG).is_file():
+        return True, f'{hub_folder}: exported; nothing left to train'
+    return False, f'{hub_folder}: not exported'
 
 
 def check_same_run(a: Path, b: Path) -> None:
@@ -73,6 +83,9 @@ def save(run_dir: Path, state_dir: Path) -> str:
     run_epochs, saved_epochs = epochs_done(run_dir), epochs_done(state_dir)
     if run_epochs is None:
         sys.exit(f'{run_dir}: no checkpoint ({POINTER} not found); nothing to save')
+    exported, message = published(state_dir.parent)
+    if exported:
+        sys.exit(f'{message}: {run_dir} was not saved into it')
     check_same_run(run_dir, state_dir)
     if saved_epochs is not None and saved_epochs >= run_epochs:
         return f'{state_dir} already holds epoch {saved_epochs} (the run is at {run_epochs}); kept it'
@@ -121,9 +134,11 @@ def main(argv=None) -> str:
     r.add_argument('run_dir', type=Path)
     f = sub.add_parser('finished', help='exit status 0 when a run has trained all its epochs and written its weights')
     f.add_argument('run_dir', type=Path)
+    e = sub.add_parser('published', help="exit status 0 when a run's Hub folder holds its exported model")
+    e.add_argument('hub_folder', type=Path)
     args = p.parse_args(argv)
-    if args.action == 'finished':
-        done, message = finished(args.run_dir)
+    if args.action in ('finished', 'published'):
+        done, message = finished(args.run_dir) if args.action == 'finished' else published(args.hub_folder)
         print(message)
         if not done:
             sys.exit(1)

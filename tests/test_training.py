@@ -358,8 +358,15 @@ def test_export_of_a_finished_long_run_replaces_only_its_own_saved_state(trained
 
     shutil.rmtree(folder)
     run_script('run_state.py', 'save', trained_run, folder / 'last-checkpoint', env=script_env)
+    assert run_script('run_state.py', 'published', folder, env=script_env, check=False).returncode == 1
     result = run_script(*export, env=script_env)
     assert 'replaces the saved state of this run' in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    # from now on the run is done: the CPU and GPU jobs skip it, and its state cannot come back
+    assert run_script('run_state.py', 'published', folder, env=script_env).stdout.strip() == \
+        f'{folder}: exported; nothing left to train'
+    resaved = run_script('run_state.py', 'save', trained_run, folder / 'last-checkpoint', env=script_env, check=False)
+    assert resaved.returncode != 0 and 'was not saved into it' in resaved.stderr
     assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
 
 

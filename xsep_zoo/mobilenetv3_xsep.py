@@ -216,7 +216,7 @@ MODEL_NAMES = (
 
 default_cfgs = generate_default_cfgs({
     **{f'{name}.cifar10': _cfg(name) for name in MODEL_NAMES},  # the first tag is each model's default
-    # the main pair is trained with a second seed too, and with the paper's full 400 epochs on a GPU
+    # the main pair is trained with a second seed too, and with the paper's full 400 epochs
     **{f'{name}.{tag}': _cfg(name, tag=tag)
        for name in ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
        for tag in ('cifar10_seed1', 'cifar10_e400')},
