@@ -55,8 +55,19 @@ def portable(value):
     return os.path.relpath(path, ROOT) if path.is_relative_to(base) else value
 
 
+# how a stretch of a run was scheduled, not what it trains: the card's command trains the whole run in one go
+SCHEDULING_OPTIONS = ('--time-limit', '--runs-at-once')
+
+
 def _portable_command(command: str) -> str:
-    return shlex.join(portable(token) for token in shlex.split(command))
+    tokens, kept = shlex.split(command), []
+    while tokens:
+        token = tokens.pop(0)
+        if token in SCHEDULING_OPTIONS:
+            tokens.pop(0)  # its value
+        elif token.split('=', 1)[0] not in SCHEDULING_OPTIONS:
+            kept.append(portable(token))
+    return shlex.join(kept)
 
 
 def _data_description(source) -> str:

@@ -134,6 +134,10 @@ def test_export_shows_paths_from_the_repository_root():
         assert export.portable(str(ROOT.parent / 'shared' / 'datasets' / 'cifar10')) == '../shared/datasets/cifar10'
     assert export.portable('/proc/cpuinfo') == '/proc/cpuinfo'  # outside the checkout's folder: kept
     assert export.portable('runs/x') == 'runs/x' and export.portable(None) is None and export.portable(0.35) == 0.35
+    # the first stretch of a long run: the card's command trains all of it
+    first_stretch = (f'{ROOT}/scripts/train.py --model m --seed 0 --time-limit 148 --output-dir {ROOT}/runs/r '
+                     '--runs-at-once=2')
+    assert export._portable_command(first_stretch) == 'scripts/train.py --model m --seed 0 --output-dir runs/r'
 
 
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
