@@ -13,7 +13,8 @@
 # Data (56 MB) and both saved states (25 MB) exceed one call's 64 MiB, so they go in two calls on the same
 # machine, which stays warm only 30 s between calls: prepare both before the first, so that nothing is left
 # to do here between them. Move hub_cards/*/model.safetensors (nothing here reads them) out of the tree for
-# both calls, and the two last-checkpoint folders into .e400_state/<model>/ (ignored via .git/info/exclude).
+# both calls, and the last-checkpoint folders (one per run not yet exported) into .e400_state/<model>/
+# (ignored via .git/info/exclude).
 #   call 1, carrying .whl and .device_data: `bench`, or only the wheels' install where the benchmark is done
 #   call 2, carrying .e400_state: copy each .e400_state/<model>/last-checkpoint into hub_cards/<model>.cifar10_e400/,
 #           then `train SECONDS` (what call 1 left on the machine stays there)
