@@ -103,6 +103,13 @@ def _annotate_without_overlap(ax, points: list[tuple[float, float, str]]) -> Non
                         arrowprops=dict(arrowstyle='-', lw=0.4, color='0.5'))
 
 
+def curve_label(kind: str, epochs: int, by_macs: dict) -> str:
+    """A legend entry that says what the curve averages: a lone run is not a mean of seeds."""
+    parts = ['MobileNetV3-Small widths'] if len(by_macs) > 1 else []
+    parts += ['mean of seeds'] if any(len(seeds) > 1 for seeds in by_macs.values()) else []
+    return f'{kind}, {epochs} epochs ({"; ".join(parts) or "one run"})'
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -128,7 +135,7 @@ def plot(rows: list[dict], path: Path) -> None:
         macs = sorted(by_macs)  # the curve through the mean of the seeds, each seed a small dot
         ax.plot(macs, [statistics.mean(by_macs[m]) for m in macs], color=color, marker='*' if longer else marker,
                 markersize=10 if longer else 6, linestyle='--' if longer else '-',
-                label=f'{kind}, {epochs} epochs (MobileNetV3-Small widths; mean of seeds)')
+                label=curve_label(kind, epochs, by_macs))
         seeds = [(m, top1) for m in macs if len(by_macs[m]) > 1 for top1 in by_macs[m]]
         if seeds:
             ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.5)

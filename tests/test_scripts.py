@@ -48,6 +48,14 @@ def test_readme_zoo_table_is_current():
     assert replace_section(readme, 'zoo-table', table) == readme
 
 
+def test_plot_legend_says_what_each_curve_averages():
+    zoo_table = _load_script('zoo_table')
+    assert zoo_table.curve_label('DWConv', 20, {6.5: [84.8], 17.5: [85.2, 84.9]}) == \
+        'DWConv, 20 epochs (MobileNetV3-Small widths; mean of seeds)'
+    assert zoo_table.curve_label('DWConv', 400, {17.5: [89.7]}) == 'DWConv, 400 epochs (one run)'
+    assert zoo_table.curve_label('XSepConv', 400, {16.7: [89.0, 89.2]}) == 'XSepConv, 400 epochs (mean of seeds)'
+
+
 def test_zoo_table_averages_seeds_of_one_recipe_only():
     zoo_table = _load_script('zoo_table')
     row = dict(architecture='mobilenetv3_small_dw_100', top5=99.0, macs=17.5e6, params=1.5e6)
