@@ -1,13 +1,15 @@
-"""What subnormal floats in trained weights cost a training step on this CPU, and what flushing them saves.
+"""What subnormal floats cost a trained model's training step on this CPU, and what flushing them saves.
 
-Late in a long run some weights decay below 1.2e-38, into subnormal floats, which many CPUs
-compute with in microcode. For each run (or its saved state, scripts/run_state.py) this times an
-SGD step of its latest weights, and of the same model freshly initialized, with torch's
-flush-to-zero off and on, alternating. The learning rate is 0, so every step sees the same weights.
+Late in a long run, subnormal floats (below 1.2e-38), which many CPUs compute with in microcode,
+turn up in the weights or only within a training step (activations, gradients: the table counts
+those in the weights). For each run (or its saved state, scripts/run_state.py, or its exported Hub
+folder) this times an SGD step of its latest weights, and of the same model freshly initialized,
+with torch's flush-to-zero off and on, alternating. The learning rate is 0, so every step sees the
+same weights.
 It runs on one thread: switching the mode reaches only the calling thread, not OpenMP's workers
 (xsep_zoo.engine.flush_subnormals).
 
-    python scripts/subnormal_speed.py hub_cards/mobilenetv3_small_xsep_100.cifar10_e400/last-checkpoint
+    python scripts/subnormal_speed.py hub_cards/mobilenetv3_small_xsep_100.cifar10_e400
     python scripts/subnormal_speed.py runs/a runs/b --readme README.md
 """
 import argparse
@@ -66,14 +68,17 @@ def step_seconds(model: torch.nn.Module, batch_size: int, rounds: int, steps: in
 
 
 def run_model(folder: Path) -> tuple[str, int]:
-    """The model name and class count of a run or saved state, from its config.json."""
-    config = json.loads((folder / 'config.json').read_text())['config']
-    return config['model'], DATASETS[config['dataset']].num_classes
+    """The model name and class count, from the config.json of a run, a saved state or an exported Hub folder."""
+    config = json.loads((folder / 'config.json').read_text())
+    if 'architecture' in config:  # timm's Hub config, written by scripts/export.py
+        return config['architecture'], config['num_classes']
+    return config['config']['model'], DATASETS[config['config']['dataset']].num_classes
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('runs', nargs='+', type=Path, help='run folders or saved states (scripts/run_state.py)')
+    p.add_argument('runs', nargs='+', type=Path,
+                   help='run folders, saved states (scripts/run_state.py) or exported Hub folders')
     p.add_argument('--batch-size', type=int, default=128)
     p.add_argument('--rounds', type=int, default=5, help='alternations of the two modes (default 5)')
     p.add_argument('--steps', type=int, default=5, help='timed steps per mode and round (default 5)')
@@ -81,7 +86,8 @@ def main() -> None:
     args = p.parse_args()
     for folder in args.runs:
         if not (folder / 'config.json').is_file():
-            sys.exit(f'{folder}: no config.json; expected a run folder of scripts/train.py or its saved state')
+            sys.exit(f'{folder}: no config.json; expected a run folder of scripts/train.py, '
+                     'its saved state or its exported Hub folder')
     check_section(args.readme, SECTION)
     if not torch.set_flush_denormal(False):
         sys.exit('torch cannot flush subnormal floats on this CPU (it needs x86 with SSE3); nothing to compare')

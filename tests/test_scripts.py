@@ -224,6 +224,16 @@ def test_readme_subnormal_table_comes_from_the_script():
     assert '| `mobilenetv3_small_xsep_100` |' in body
 
 
+def test_subnormal_speed_reads_an_exported_hub_folder(script_env):
+    """The README's table is measured on the published weights, whose config.json is timm's, not a run's."""
+    folder = ROOT / 'hub_cards' / 'mobilenetv3_small_xsep_100.cifar10_e400'
+    table = run_script('subnormal_speed.py', folder, '--batch-size', '8', '--rounds', '1', '--steps', '1',
+                       env=script_env).stdout
+    rows = [line.split(' | ')[:2] for line in table.splitlines() if line.startswith('| `')]
+    name = '| `mobilenetv3_small_xsep_100`'
+    assert rows == [[name, f'`{folder / "model.safetensors"}`'], [name, 'fresh']]
+
+
 def test_subnormal_speed_counts_the_subnormal_weights_and_times_both_modes(tmp_path, script_env):
     run = tmp_path / 'run'
     run.mkdir()
