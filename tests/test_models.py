@@ -1,4 +1,4 @@
-"""The registered MobileNetV3-Small family: forward/backward, timm's API, costs, padding plans, errors."""
+"""The registered MobileNetV3-Small family: forward/backward, timm's API, costs, padding plans, errors, tracing."""
 import pytest
 import timm
 import torch
@@ -221,15 +221,53 @@ def test_bad_inputs():
         assert model(torch.randn(1, 3, 8, 8)).shape == (1, 10)
 
 
-@pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_100', 'mobilenetv3_small_xsep_p_100',
-                                  'mobilenetv3_small_xsep_b_100', 'mobilenetv3_small_xsep_sympad_100'])
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_torchscript_and_trace(name):
-    model = timm.create_model(name).eval()
+    torch.manual_seed(0)
+    model = timm.create_model(name)
     x = torch.randn(2, 3, 32, 32)
+    scripted = torch.jit.script(model)
+    for training in (True, False):  # train first: eval mode then uses BN statistics that are not the identity
+        model.train(training)
+        scripted.train(training)
+        with torch.no_grad():
+            ref = model(x)
+            torch.testing.assert_close(scripted(x), ref)
+            # check_trace would trace a second time, for a check the comparison here makes
+            torch.testing.assert_close(torch.jit.trace(model, x, check_trace=False)(x), ref)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_fx_symbolic_trace(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    x = torch.randn(2, 3, 32, 32)
+    for training in (True, False):  # train first: eval mode then uses BN statistics that are not the identity
+        model.train(training)
+        graph = torch.fx.symbolic_trace(model)  # one per mode, as it fixes the BNs' `training` branch
+        with torch.no_grad():
+            torch.testing.assert_close(graph(x), model(x))
+    fused = timm.utils.reparameterize_model(model)
     with torch.no_grad():
-        ref = model(x)
-        torch.testing.assert_close(torch.jit.script(model)(x), ref)
-        torch.testing.assert_close(torch.jit.trace(model, x)(x), ref)
+        torch.testing.assert_close(torch.fx.symbolic_trace(fused)(x), fused(x))
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_fx_feature_extraction(name):
+    torch.manual_seed(0)
+    fx = timm.create_model(name, features_only=True, feature_cls='fx')
+    torch.manual_seed(0)
+    ref = timm.create_model(name, features_only=True)  # timm's default: forward_intermediates
+    assert fx.feature_info.get_dicts() == ref.feature_info.get_dicts()
+    x = torch.randn(2, 3, 32, 32)
+    for training in (True, False):
+        fx.train(training)
+        ref.train(training)
+        with torch.no_grad():
+            outs, refs = fx(x), ref(x)
+        assert [o.shape for o in outs] == [r.shape for r in refs]
+        for out, r in zip(outs, refs):
+            torch.testing.assert_close(out, r)
 
 
 @pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_100', 'mobilenetv3_small_xsep_b_100',

@@ -167,6 +167,13 @@ def test_symmetric_equals_padding_each_group():
         [(0, 1, 0, 1), (1, 0, 1, 0), (1, 0, 0, 1), (0, 1, 1, 0)]
 
 
+@pytest.mark.parametrize('mode', PADDING_MODES)
+def test_padded_conv_traces_under_fx(mode):
+    layer = PaddedConv2x2(10, mode)  # 10 channels: unequal symmetric groups
+    x = torch.randn(2, 10, 7, 9)
+    torch.testing.assert_close(torch.fx.symbolic_trace(layer)(x), layer(x))
+
+
 # --- inference form ---------------------------------------------------------------------------
 
 def _randomize_bn(module):

@@ -24,6 +24,7 @@ from timm.models._efficientnet_builder import (
     decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels,
 )
 from timm.models.mobilenetv3 import MobileNetV3
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ._checks import check_choice
 from .constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HUB_ORG
@@ -135,6 +136,14 @@ class XSepMobileNetV3(MobileNetV3):
         block.conv_dw = new
 
     def _check_input(self, x: torch.Tensor) -> None:
+        """Clear errors for bad inputs, in eager mode only.
+
+        Scripted and traced graphs carry no Python checks, and FX cannot branch on a traced shape.
+        """
+        if torch.jit.is_scripting():
+            return  # TorchScript compiles no further than here
+        if torch.jit.is_tracing() or is_fx_symbolic_tracing():
+            return
         if x.ndim != 4:
             raise ValueError(f'expected a 4D input (batch, channels, height, width), got shape {tuple(x.shape)}')
         if x.shape[1] != self.in_chans:
@@ -145,19 +154,16 @@ class XSepMobileNetV3(MobileNetV3):
                 f'input {x.shape[-2]}x{x.shape[-1]} is too small: this network has total stride '
                 f'{self.total_stride}, so height and width must be at least {self.total_stride}')
 
-    # Inputs are checked in eager mode only: scripted and traced graphs carry no Python checks.
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # MobileNetV3.forward_features, restated because TorchScript cannot call super()
-        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            self._check_input(x)
+        self._check_input(x)
         x = self.bn1(self.conv_stem(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x, flatten=True)
         return self.blocks(x)
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
-        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            self._check_input(x)
+        self._check_input(x)
         return super().forward_intermediates(x, *args, **kwargs)
 
 

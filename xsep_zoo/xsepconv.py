@@ -7,7 +7,8 @@ the three layers ends in BN + activation; the last one's is the enclosing block'
 
 A 2x2 kernel has no centre, so keeping the spatial size needs one extra zero row and column on one
 side, which shifts the features by half a pixel. `improved_padding_plan` picks the side per layer
-so that the shifts cancel over the whole network (the paper's improved symmetric padding); the
+so that the shifts cancel on paths through every 2x2 layer (the paper's improved symmetric padding);
+on a path that skips some of them through residual connections they need not cancel. The
 'symmetric' mode is the per-layer grouped padding of Wu et al. 2019 (arXiv:1903.08385).
 """
 from typing import Callable
@@ -78,7 +79,8 @@ class PaddedConv2x2(nn.Conv2d):
             x = F.pad(x, self._group_pads[0])
         else:
             groups = x.split(self._group_sizes, dim=1)
-            x = torch.cat([F.pad(g, pad) for g, pad in zip(groups, self._group_pads)], dim=1)
+            # indexed, not zipped: FX cannot iterate over the traced result of split
+            x = torch.cat([F.pad(groups[i], pad) for i, pad in enumerate(self._group_pads)], dim=1)
         return self._conv_forward(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
