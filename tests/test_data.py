@@ -1,6 +1,7 @@
 """The data path: the four schemas on small Hub-layout folders, the shared CIFAR-10, and the batch transforms."""
 import dataclasses
 import io
+import re
 from pathlib import Path
 
 import datasets
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 
 from xsep_zoo import constants
 from xsep_zoo.data import (
-    DATASETS, DatasetSpec, _rrc_boxes, augment, load_split, load_test, load_train, normalize, random_crop_flip,
-    random_resized_crop_flip,
+    DATASETS, DataError, DataNotFoundError, DatasetSpec, _rrc_boxes, augment, load_split, load_test, load_train,
+    normalize, random_crop_flip, random_resized_crop_flip,
 )
 
 @pytest.fixture(autouse=True, scope='module')
@@ -206,6 +207,109 @@ def test_wrong_image_size_names_the_row(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match='nowhere'):
         load_test('cifar10', tmp_path / 'nowhere')
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    """The error is of the class scripts print as a line, and fits on one line; returns its message."""
+    assert isinstance(error.value, DataError) and '\n' not in str(error.value)
+    return str(error.value)
+
+
+def test_data_errors_are_one_class(tmp_path):
+    """Scripts catch DataError alone; a missing source stays a FileNotFoundError too."""
+    for source in (tmp_path / 'nowhere', {'test': tmp_path / 'nowhere.parquet'}):
+        with pytest.raises(DataNotFoundError, match='nowhere') as error:
+            load_test('cifar10', source)
+        assert isinstance(error.value, FileNotFoundError)
+        _one_line(error)
+    _simple_split(tmp_path / 'train-00000-of-00001.parquet', DATASETS['svhn'], [1, 2])
+    with pytest.raises(DataError, match="unknown split 'test'"):
+        load_test('svhn', tmp_path)
+    with pytest.raises(DataError, match="no image column 'img'"):
+        load_split('cifar10', 'train', tmp_path)
+
+
+def _damage(path: Path, how: str) -> None:
+    """Overwrite a file with random bytes, or cut it in half as an interrupted download does."""
+    data = path.read_bytes()
+    path.write_bytes(np.random.default_rng(0).bytes(len(data)) if how == 'random' else data[:len(data) // 2])
+
+
+def _unreadable(path: Path, dataset: str) -> str:
+    return (rf'^{re.escape(str(path))}: not a readable parquet file \(.+\); this {dataset} file is damaged or '
+            'incomplete: download or copy it again$')
+
+
+@pytest.mark.parametrize('how', ['random', 'truncated'])
+def test_corrupt_parquet_names_the_file(tmp_path, how):
+    # SVHN in the Hub layout, one shard of 'extra' damaged: every split fails, as all are prepared at once
+    _svhn_folder(tmp_path / 'svhn', readme=True)
+    shard = tmp_path / 'svhn' / 'cropped_digits' / 'extra-00001-of-00002.parquet'
+    _damage(shard, how)
+    for load in (load_train, load_test):
+        with pytest.raises(DataError, match=_unreadable(shard, 'svhn')) as error:
+            load('svhn', tmp_path / 'svhn')
+        _one_line(error)
+    # Tiny-ImageNet's data/ folder without configs, and a data_files mapping
+    spec = DATASETS['tiny_imagenet']
+    valid = tmp_path / 'tiny' / 'data' / 'valid-00000-of-00001-70d52db3c749a935.parquet'
+    _simple_split(valid, spec, [1, 2, 3])
+    _simple_split(tmp_path / 'tiny' / 'data' / 'train-00000-of-00001-1359597a978bc4fa.parquet', spec, [4])
+    _damage(valid, how)
+    with pytest.raises(DataError, match=_unreadable(valid, 'tiny_imagenet')):
+        load_test('tiny_imagenet', tmp_path / 'tiny')
+    with pytest.raises(DataError, match=_unreadable(valid, 'cifar10')):
+        load_split('cifar10', 'test', {'test': valid})
+
+
+def test_empty_split_names_the_split(tmp_path):
+    spec = DATASETS['cifar100']
+    coarse = {'coarse_label': ([], _classes(20))}
+    empty = tmp_path / 'cifar100' / 'cifar100' / 'test-00000-of-00001.parquet'
+    _simple_split(empty, spec, [], extra=coarse)
+    _simple_split(tmp_path / 'cifar100' / 'cifar100' / 'train-00000-of-00001.parquet', spec, [1],
+                  extra={'coarse_label': ([1], _classes(20))})
+    _write_readme(tmp_path / 'cifar100', {'cifar100': {'train': 'cifar100/train-*', 'test': 'cifar100/test-*'}})
+    message = rf"has no images: 0 rows in {re.escape(str(empty))}; download or copy that split again$"
+    with pytest.raises(DataError, match="cifar100 split 'test' " + message) as error:
+        load_test('cifar100', tmp_path / 'cifar100')
+    _one_line(error)
+    assert len(load_train('cifar100', tmp_path / 'cifar100')) == 1  # the other split still loads
+    with pytest.raises(DataError, match="cifar10 split 'test' " + message):
+        load_split('cifar10', 'test', {'test': empty})
+    # SVHN without a README: an empty 'extra' fails the training set, not silently shrinks it
+    svhn = DATASETS['svhn']
+    _simple_split(tmp_path / 'svhn' / 'train-00000-of-00001.parquet', svhn, [0, 1])
+    _simple_split(tmp_path / 'svhn' / 'extra-00000-of-00001.parquet', svhn, [])
+    with pytest.raises(DataError, match=r"svhn split 'extra' has no images: 0 rows in .*extra-00000-of-00001\.parquet"):
+        load_train('svhn', tmp_path / 'svhn')
+
+
+def test_undecodable_image_names_the_row(tmp_path):
+    png = _png(PIL.Image.fromarray(_image(0, 32)))
+    images = [png, png, {'bytes': b'not an image', 'path': None}, None, {'bytes': png['bytes'][:100], 'path': None}]
+    features = datasets.Features({'img': datasets.Image(), 'label': _classes(10)})
+    for row in (2, 3, 4):  # each bad row alone in a split of five rows
+        folder = tmp_path / f'row{row}'
+        _write_parquet(folder / 'test-00000-of-00001.parquet',
+                       {'img': images[:2] + [images[row]] + images[:2], 'label': [0] * 5}, features)
+        with pytest.raises(DataError) as error:
+            load_test('cifar10', folder)
+        assert _one_line(error).startswith(f"cifar10 split 'test' row 2 in {folder}: the image in column 'img' ")
+        assert str(error.value).endswith('; the data is damaged: download or copy that split again')
+        assert {2: "could not be decoded (12 bytes starting b'not an i': not an image format PIL reads)",
+                3: 'is missing (null)',
+                4: 'could not be decoded (OSError: image file is truncated'}[row] in str(error.value)
+    # the row is counted in its own split: limit=4 (seed 0) keeps rows 0, 1, 3, 4 of train + extra, so the
+    # bad image is the 4th decoded row, the 5th of the concatenation and row 1 of 'extra'
+    spec = DATASETS['svhn']
+    _simple_split(tmp_path / 'svhn' / 'train-00000-of-00001.parquet', spec, [0, 1, 2])
+    _write_parquet(tmp_path / 'svhn' / 'extra-00000-of-00001.parquet',
+                   {'image': [png, {'bytes': b'<!DOCTYPE html>', 'path': None}], 'label': [0, 1]},
+                   datasets.Features({'image': datasets.Image(), 'label': _classes(10)}))
+    with pytest.raises(DataError, match=rf"svhn split 'extra' row 1 in {re.escape(str(tmp_path / 'svhn'))}: .*"
+                                        r"15 bytes starting b'<!DOCTYP'"):
+        load_train('svhn', tmp_path / 'svhn', limit=4)
 
 
 # --- the shared CIFAR-10 copy -------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 
 import datasets
 import numpy as np
+import PIL
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from huggingface_hub import metadata_load
@@ -26,13 +28,23 @@ from .constants import (
 )
 
 __all__ = [
-    'AUGMENTATIONS', 'DATASETS', 'DatasetSpec', 'ImageTensors', 'get_spec', 'load_split', 'load_train', 'load_test',
-    'augment', 'random_crop_flip', 'random_resized_crop_flip', 'normalize',
+    'AUGMENTATIONS', 'DATASETS', 'DataError', 'DataNotFoundError', 'DatasetSpec', 'ImageTensors', 'get_spec',
+    'load_split', 'load_train', 'load_test', 'augment', 'random_crop_flip', 'random_resized_crop_flip', 'normalize',
 ]
 
 AUGMENTATIONS = ('crop_flip', 'none', 'random_resized_crop_flip')
 _DECODE_CHUNK = 4096  # rows decoded per step: bounds the memory held in encoded bytes
 
+
+class DataError(ValueError):
+    """Data the loaders cannot use: the message names the file, split, row or value and what to do.
+
+    One class, so that a script can print any of them as one line instead of a traceback.
+    """
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A source that does not exist; still a FileNotFoundError for callers that catch that."""
 
 
 @dataclass(frozen=True)
@@ -131,56 +143,131 @@ def _folder_kwargs(folder: Path, spec: DatasetSpec) -> dict:
 
 def _check_split(spec: DatasetSpec, split: str, available: Sequence[str], where: str) -> None:
     if split not in available:
-        raise ValueError(
+        raise DataError(
             f'unknown split {split!r} of {spec.name} in {where}; available: {", ".join(map(repr, available))}')
 
 
-def _load_rows(spec: DatasetSpec, split: str, source: Source) -> datasets.Dataset:
-    """One split as an (undecoded) `datasets.Dataset`, after checking that the source has that split."""
+def _unreadable_parquet(files: Sequence[str]) -> tuple[str, str] | None:
+    """The first local parquet file in `files` that pyarrow cannot read through, with pyarrow's reason.
+
+    Only called after preparing the splits failed, to name the file: reading every file through
+    costs a pass over the data, but `datasets` reports a damaged file without its name.
+    """
+    for file in files:
+        if not (file.endswith('.parquet') and Path(file).is_file()):
+            continue  # the Hub's hf:// files, or another format: left to the original error
+        try:
+            for _ in pq.ParquetFile(file).iter_batches(batch_size=_DECODE_CHUNK):
+                pass
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... depending on the damage
+            return file, str(e)
+    return None
+
+
+def _load_rows(spec: DatasetSpec, split: str, source: Source) -> tuple[datasets.Dataset, str]:
+    """One split as an (undecoded) `datasets.Dataset`, and the source's description for errors.
+
+    Checks that the source has that split, that its files are readable parquet files and that the
+    split has rows, with errors that name the file or split. As `load_dataset` does, preparing one
+    split prepares all of the config's splits (into the `datasets` cache, once).
+    """
     if isinstance(source, Mapping):
         _check_split(spec, split, tuple(source), 'the data_files mapping')
         files = source[split]
         files = [str(f) for f in files] if isinstance(files, (list, tuple)) else str(files)
-        return datasets.load_dataset('parquet', data_files={split: files}, split=split)
-    if source is None:
+        path, kwargs = 'parquet', dict(data_files={split: files})
+        where = ', '.join(files) if isinstance(files, list) else files
+    elif source is None:
         path, kwargs, where = spec.hub_id, dict(name=spec.config), f'the Hub repo {spec.hub_id}'
     else:
         folder = Path(source)
         if not folder.is_dir():
-            raise FileNotFoundError(f'{spec.name} source folder {str(folder)!r} does not exist')
+            raise DataNotFoundError(f'{spec.name} source folder {str(folder)!r} does not exist')
         path, kwargs, where = str(folder), _folder_kwargs(folder, spec), str(folder)
-    data_files = datasets.load_dataset_builder(path, **kwargs).config.data_files
-    if data_files is not None:  # resolving the files is cheap; preparing the dataset is not
+    try:
+        builder = datasets.load_dataset_builder(path, **kwargs)
+    except FileNotFoundError as e:  # a local path or glob that matches nothing
+        if source is None:
+            raise
+        raise DataNotFoundError(f'{spec.name} split {split!r}: {e}; check the path') from e
+    data_files = builder.config.data_files
+    if data_files is not None and not isinstance(source, Mapping):
+        # resolving the files is cheap; preparing the dataset is not
         _check_split(spec, split, tuple(str(s) for s in data_files), where)
-    return datasets.load_dataset(path, split=split, **kwargs)
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        bad = _unreadable_parquet([f for split_files in (data_files or {}).values() for f in split_files])
+        if bad is None:
+            raise
+        raise DataError(
+            f'{bad[0]}: not a readable parquet file ({bad[1]}); this {spec.name} file is damaged or incomplete: '
+            f'download or copy it again') from e
+    info = builder.info.splits.get(split)
+    if info is not None and not info.num_examples:
+        listed = ', '.join(data_files[split]) if data_files and split in data_files else where
+        raise DataError(
+            f'{spec.name} split {split!r} has no images: 0 rows in {listed}; download or copy that split again')
+    return builder.as_dataset(split=split), where
 
 
 def _check_columns(spec: DatasetSpec, ds: datasets.Dataset, split: str) -> tuple[str, ...] | None:
     """Check the image and label columns; return the class names when the labels are a ClassLabel."""
     for what, column in (('image', spec.image_column), ('label', spec.label_column)):
         if column not in ds.column_names:
-            raise ValueError(
+            raise DataError(
                 f'{spec.name} split {split!r} has no {what} column {column!r}; columns: '
                 f'{", ".join(map(repr, ds.column_names))}')
     if not isinstance(ds.features[spec.image_column], datasets.Image):
-        raise ValueError(
+        raise DataError(
             f'{spec.name} column {spec.image_column!r} is {ds.features[spec.image_column]}, not an Image feature')
     label = ds.features[spec.label_column]
     if isinstance(label, datasets.ClassLabel):
         if label.num_classes != spec.num_classes:
-            raise ValueError(
+            raise DataError(
                 f'{spec.name} label column {spec.label_column!r} has {label.num_classes} classes, '
                 f'expected {spec.num_classes}')
         return tuple(label.names)
     return None
 
 
-def _decode_rgb(spec: DatasetSpec, ds: datasets.Dataset, rows: np.ndarray, split: str, out: torch.Tensor) -> None:
+def _undecodable(
+        spec: DatasetSpec,
+        split: str,
+        row: int,
+        where: str,
+        value: dict | None,
+        error: Exception | None,
+) -> DataError:
+    """The error for an image that does not decode; for bytes of no known format PIL's own message
+    names a BytesIO object, so the first bytes are shown instead (an HTML page, zeros, ...)."""
+    if value is None:
+        what = 'is missing (null)'
+    else:
+        data = value.get('bytes')
+        reason = (f'{len(data)} bytes starting {data[:8]!r}: not an image format PIL reads'
+                  if data is not None and isinstance(error, PIL.UnidentifiedImageError)
+                  else f'{type(error).__name__}: {error}')
+        what = f'could not be decoded ({reason})'
+    return DataError(
+        f'{spec.name} split {split!r} row {row} in {where}: the image in column {spec.image_column!r} {what}; '
+        f'the data is damaged: download or copy that split again')
+
+
+def _decode_rgb(
+        spec: DatasetSpec,
+        ds: datasets.Dataset,
+        rows: np.ndarray,
+        split: str,
+        where: str,
+        out: torch.Tensor,
+) -> None:
     """Decode the images of `rows` of `ds` into `out` (uint8 [len(rows), 3, S, S]), as RGB.
 
     `datasets.Image(mode='RGB')` converts any mode (grayscale 'L', 'P', RGBA, CMYK) to RGB; alpha is
     dropped, not composited. Decoding one image at a time in this thread is the fastest way here:
-    32x32 JPEGs take tens of microseconds each, and threads only contend for the GIL.
+    32x32 JPEGs take tens of microseconds each, and threads only contend for the GIL. `where`
+    names the source in errors.
     """
     size = spec.image_size
     feature = datasets.Image(mode='RGB')
@@ -190,9 +277,14 @@ def _decode_rgb(spec: DatasetSpec, ds: datasets.Dataset, rows: np.ndarray, split
         values = column[chunk.tolist()].column(0).to_pylist()  # [{'bytes': ..., 'path': ...}, ...]
         buffer = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
         for i, value in enumerate(values):
-            image = feature.decode_example(value)
+            try:
+                image = feature.decode_example(value) if value is not None else None
+            except Exception as e:  # PIL.UnidentifiedImageError, OSError for a truncated file, ...
+                raise _undecodable(spec, split, int(chunk[i]), where, value, e) from e
+            if image is None:
+                raise _undecodable(spec, split, int(chunk[i]), where, None, None)
             if image.size != (size, size):
-                raise ValueError(
+                raise DataError(
                     f'{spec.name} split {split!r} row {int(chunk[i])} is {image.size[0]}x{image.size[1]}, '
                     f'expected {size}x{size}')
             buffer[i] = np.asarray(image)
@@ -201,15 +293,15 @@ def _decode_rgb(spec: DatasetSpec, ds: datasets.Dataset, rows: np.ndarray, split
 
 def _to_tensors(
         spec: DatasetSpec,
-        parts: Sequence[tuple[str, datasets.Dataset]],
+        parts: Sequence[tuple[str, datasets.Dataset, str]],
         limit: int | None,
         seed: int,
 ) -> ImageTensors:
-    """Decode the splits in `parts`, one after the other, or a seeded random subset of `limit` rows of them."""
+    """Decode the (split, rows, source) `parts` one after the other, or a seeded random subset of `limit` rows."""
     classes = None
-    for split, ds in parts:
+    for split, ds, _ in parts:
         classes = _check_columns(spec, ds, split)
-    sizes = [len(ds) for _, ds in parts]
+    sizes = [len(ds) for _, ds, _ in parts]
     total = sum(sizes)
     if limit is not None and limit < 1:
         raise ValueError(f'limit must be a positive number of rows or None, got {limit!r}')
@@ -220,16 +312,16 @@ def _to_tensors(
         picked = np.sort(torch.randperm(total, generator=generator)[:limit].numpy())
     images = torch.empty((len(picked), 3, spec.image_size, spec.image_size), dtype=torch.uint8)
     labels, done, offset = [], 0, 0
-    for (split, ds), size in zip(parts, sizes):
+    for (split, ds, where), size in zip(parts, sizes):
         rows = picked[(picked >= offset) & (picked < offset + size)] - offset
-        _decode_rgb(spec, ds, rows, split, images[done:done + len(rows)])
+        _decode_rgb(spec, ds, rows, split, where, images[done:done + len(rows)])
         split_labels = np.asarray(ds.select_columns([spec.label_column]).with_format('arrow')[spec.label_column])
         labels.append(torch.from_numpy(split_labels[rows].astype(np.int64)))
         done, offset = done + len(rows), offset + size
     labels = torch.cat(labels)
     bad = ((labels < 0) | (labels >= spec.num_classes)).nonzero()
     if len(bad):
-        raise ValueError(
+        raise DataError(
             f'{spec.name} label {int(labels[bad[0, 0]])} at decoded row {int(bad[0, 0])} is outside '
             f'[0, {spec.num_classes})')
     return ImageTensors(images, labels, classes)
@@ -251,7 +343,7 @@ def load_split(
     many rows, drawn with `seed` and kept in their original order; only those rows are decoded.
     """
     spec = get_spec(dataset)
-    return _to_tensors(spec, [(split, _load_rows(spec, split, source))], limit, seed)
+    return _to_tensors(spec, [(split, *_load_rows(spec, split, source))], limit, seed)
 
 
 def load_train(dataset: str, source: Source = None, limit: int | None = None, seed: int = 0) -> ImageTensors:
@@ -260,7 +352,7 @@ def load_train(dataset: str, source: Source = None, limit: int | None = None, se
     `limit` draws its subset from the concatenation.
     """
     spec = get_spec(dataset)
-    return _to_tensors(spec, [(s, _load_rows(spec, s, source)) for s in spec.train_splits], limit, seed)
+    return _to_tensors(spec, [(s, *_load_rows(spec, s, source)) for s in spec.train_splits], limit, seed)
 
 
 def load_test(dataset: str, source: Source = None, limit: int | None = None, seed: int = 0) -> ImageTensors:
