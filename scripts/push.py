@@ -4,6 +4,14 @@
     python scripts/push.py --all                # every folder under hub_cards/
     python scripts/push.py --all --dry-run      # what would be pushed, touching nothing
 
+Only the files of a Hub model repo go (HUB_FILES: weights, config.json, card, and the zoo's training
+log, curves and provenance record), from the top of the folder. Anything else there (a .env holding a
+token, pytorch_model.bin, checkpoints/, dotfiles, subfolders) stays local and is named in one line:
+    leaving out of xsep-zoo/<model>.<tag>: .env, checkpoints/ (not part of a Hub model repo)
+--dry-run prints the same, with what would be pushed. With --all, a folder holding none of the
+weights, config.json and card (say, a run still training) is skipped with a message; a folder missing
+only some of them is refused, as is any named folder that lacks one.
+
 The token is huggingface_hub's usual one (`hf auth login`, or the HF_TOKEN variable); it is never
 printed or written. Each folder's weights are checked against the sha256 in its config.json first.
 """
@@ -15,8 +23,15 @@ from huggingface_hub import HfApi
 from huggingface_hub.utils import get_token
 
 from xsep_zoo.constants import HUB_ORG
-from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, LAST_CHECKPOINT_DIR, WEIGHTS_NAME, WeightsError, is_unfinished_run,
-                          local_hub_root, verified_weights)
+from xsep_zoo.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, WeightsError, local_hub_root, verified_weights
+
+REQUIRED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+# The allow-list: the only files pushed, and only from the top of a Hub folder.
+HUB_FILES = REQUIRED_FILES + (
+    'log.jsonl',  # per-epoch training log
+    'curves.png',  # training curves
+    'xsep_zoo.json',  # provenance record
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,15 +54,31 @@ def hub_folders(args: argparse.Namespace) -> list[Path]:
     root = args.hub_root or local_hub_root()
     if root is None or not root.is_dir():
         sys.exit(f'no Hub folder root at {root}; pass --hub-root')
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    unfinished = [p for p in folders if is_unfinished_run(p)]
-    for folder in unfinished:
-        print(f'skipping {folder}: it holds only {LAST_CHECKPOINT_DIR}/, a run still training (scripts/run_state.py)')
-    return [p for p in folders if p not in unfinished]
+    folders = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
+        if any((folder / n).exists() for n in REQUIRED_FILES):
+            folders.append(folder)  # a Hub folder, or half of one: check_folder decides
+            continue
+        entries = sorted(_entry(p) for p in folder.iterdir())
+        holds = f'it holds only {", ".join(entries)}, none of' if entries else 'it is empty, without'
+        print(f'skipping {folder}: {holds} {", ".join(REQUIRED_FILES)} (not a Hub folder)')
+    return folders
+
+
+def _entry(path: Path) -> str:
+    return f'{path.name}/' if path.is_dir() else path.name
+
+
+def sort_out(folder: Path) -> tuple[list[str], list[str]]:
+    """The names in `folder` to push (allow-listed files at its top) and those left out (folders with a /)."""
+    pushed, left_out = [], []
+    for path in sorted(folder.iterdir()):
+        (pushed if path.name in HUB_FILES and path.is_file() else left_out).append(_entry(path))
+    return pushed, left_out
 
 
 def check_folder(folder: Path) -> None:
-    missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME) if not (folder / n).is_file()]
+    missing = [n for n in REQUIRED_FILES if not (folder / n).is_file()]
     if missing:
         raise WeightsError(f'{folder}: not a Hub folder, missing {", ".join(missing)}')
     verified_weights(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
@@ -67,11 +98,16 @@ def main(argv=None) -> list[str]:
     urls = []
     for folder in folders:
         repo_id = f'{args.org}/{folder.name}'
+        pushed, left_out = sort_out(folder)
+        if left_out:
+            print(f'leaving out of {repo_id}: {", ".join(left_out)} (not part of a Hub model repo)')
         if args.dry_run:
-            print(f'would push {folder} -> {repo_id}: {", ".join(sorted(p.name for p in folder.iterdir()))}')
+            print(f'would push {folder} -> {repo_id}: {", ".join(pushed)}')
             continue
         api.create_repo(repo_id, repo_type='model', private=args.private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=f'Upload {folder.name}')
+        # Exact names (no wildcards) match only those files at the folder's top; everything else stays local.
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=pushed,
+                                   commit_message=f'Upload {folder.name}')
         print(f'pushed {folder} -> {commit.commit_url}')
         urls.append(commit.commit_url)
     return urls

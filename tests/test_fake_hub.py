@@ -1,9 +1,13 @@
-"""FakeHub answers the real huggingface_hub client (and timm) like the Hub: download, cache, errors, publish."""
+"""FakeHub answers the real huggingface_hub client (and timm) like the Hub: download, cache, errors, publish;
+and scripts/push.py, run against it, publishes a Hub folder's allow-listed files and nothing else."""
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ from huggingface_hub.errors import (
 from fake_hub import git_blob_sha1  # the fake_hub fixtures come from conftest.py
 
 TOKEN = "hf_fake_token_123"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_repo(root, repo_id, files):
@@ -201,3 +206,86 @@ def test_subprocess_client_uses_the_env_vars(fake_hub, tmp_path):
     assert out.stdout.strip() == '{"x": 1}'
     assert (tmp_path / "sub_home" / "hub" / "models--org--tiny").is_dir()
     assert [(r.method, r.auth) for r in fake_hub.requests] == [("HEAD", "Bearer"), ("GET", "Bearer")]
+
+
+
+# ----------------------------------------------------------------------- scripts/push.py against the fake Hub
+HUB_CARD = "mobilenetv3_small_xsep_050.cifar10"  # a real Hub folder of the zoo (its checks must pass), copied
+PUSH_REPO = f"xsep-test/{HUB_CARD}"
+# Beside the folder's own files: a token, a stray checkpoint, a training folder, a hidden cache, and a file
+# named like the weights inside a subfolder. None of it may reach the Hub.
+STRAYS = {
+    ".env": b"HF_TOKEN=hf_planted_secret_0123456789\n",
+    "pytorch_model.bin": b"\x80\x02stray pickle",
+    "checkpoints/epoch-0001/optimizer.bin": b"optimizer state",
+    "checkpoints/epoch-0001/model.safetensors": b"weights of epoch 1",
+    ".cache/x": b"x",
+}
+LEFT_OUT = f"leaving out of {PUSH_REPO}: .cache/, .env, checkpoints/, pytorch_model.bin (not part of a Hub model repo)"
+
+
+def _push_script():
+    spec = importlib.util.spec_from_file_location("push", ROOT / "scripts" / "push.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _planted_folder(tmp_path):
+    """A copy of a Hub folder plus a provenance file (both pushed) and the STRAYS (left out).
+
+    Returns the folder and the files that belong on the Hub, name -> bytes."""
+    root = tmp_path / "hub_root"
+    folder = shutil.copytree(ROOT / "hub_cards" / HUB_CARD, root / HUB_CARD)
+    _make_repo(root, HUB_CARD, {"log.jsonl": b'{"epoch": 1, "top1": 10.0}\n', **STRAYS})
+    hub_files = {name: (folder / name).read_bytes() for name in ("README.md", "config.json", "log.jsonl",
+                                                                 "model.safetensors")}
+    return folder, hub_files
+
+
+@pytest.mark.parametrize("xet_installed_path", [False, True], ids=["plain-commit", "xet-pipeline"])
+def test_push_script_uploads_only_the_allow_listed_files(fake_hub, tmp_path, monkeypatch, capsys,
+                                                         xet_installed_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", not xet_installed_path)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder, hub_files = _planted_folder(tmp_path)
+
+    urls = _push_script().main([str(folder), "--org", "xsep-test"])
+
+    assert HfApi().list_repo_files(PUSH_REPO) == sorted(hub_files)  # what the Hub lists, through its API
+    assert fake_hub.files(PUSH_REPO) == hub_files  # and what it stores, byte for byte
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(PUSH_REPO, ".env")
+    preupload, commit = [r for r in fake_hub.requests if r.path.rsplit("/", 2)[-2] in ("preupload", "commit")]
+    assert sorted(name for name, _ in preupload.body["files"]) == sorted(hub_files)  # not even asked about others
+    assert sorted(commit.body["files"]) == sorted(hub_files) and commit.body["deleted"] == []
+    assert urls == [f"{fake_hub.endpoint}/{PUSH_REPO}/commit/{fake_hub.commit_sha(PUSH_REPO)}"]
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [LEFT_OUT, f"pushed {folder} -> {urls[0]}"]
+    assert TOKEN not in out.out + out.err and "hf_planted_secret" not in out.out + out.err
+
+
+def test_push_script_dry_run_lists_what_goes_and_what_stays(fake_hub, tmp_path, capsys):
+    folder, hub_files = _planted_folder(tmp_path)
+    root = folder.parent
+    training = root / f"{HUB_CARD}_e400"  # a run still training keeps its state in its Hub folder-to-be
+    _make_repo(root, training.name, {"last-checkpoint/checkpoints/latest.json": b"{}"})
+    push = _push_script()
+
+    push.main([str(folder), "--org", "xsep-test", "--dry-run"])
+    would_push = f"would push {folder} -> {PUSH_REPO}: {', '.join(sorted(hub_files))}"
+    assert capsys.readouterr().out.splitlines() == [LEFT_OUT, would_push]
+
+    push.main(["--all", "--hub-root", str(root), "--org", "xsep-test", "--dry-run"])
+    assert capsys.readouterr().out.splitlines() == [
+        f"skipping {training}: it holds only last-checkpoint/, none of model.safetensors, config.json, README.md"
+        " (not a Hub folder)",
+        LEFT_OUT,
+        would_push,
+    ]
+    with pytest.raises(SystemExit) as refused:  # named explicitly, a folder that is not a Hub folder is refused
+        push.main([str(training), "--dry-run"])
+    assert str(refused.value.code) == f"{training}: not a Hub folder, missing model.safetensors, config.json, README.md"
+    assert fake_hub.requests == []  # a dry run touches nothing
