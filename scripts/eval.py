@@ -18,9 +18,9 @@ import timm
 from timm.utils import reparameterize_model
 
 import xsep_zoo  # noqa: F401  registers the models
-from xsep_zoo.data import DATASETS, load_test
+from xsep_zoo.data import DATASETS, DataError, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import CONFIG_NAME, load_weights_into
+from xsep_zoo.hub import CONFIG_NAME, WeightsError, load_weights_into, read_hub_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,7 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--reparameterize', action='store_true',
                    help='evaluate the inference form: timm.utils.reparameterize_model (BN folded into the convs)')
     p.add_argument('--output', type=Path, help='also write the result as JSON here')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error(f'--limit must be at least 1, not {args.limit}')
+    return args
 
 
 def _run_config(checkpoint: Path) -> dict:
@@ -52,7 +55,7 @@ def _run_config(checkpoint: Path) -> dict:
 def load_model(args: argparse.Namespace):
     """(model, dataset name, description of the weights)."""
     if args.hub_folder is not None:
-        meta = json.loads((args.hub_folder / CONFIG_NAME).read_text())
+        meta = read_hub_config(args.hub_folder / CONFIG_NAME)
         model = timm.create_model(f'local-dir:{args.hub_folder}', pretrained=True)
         return model, args.dataset or meta.get('xsep_zoo', {}).get('dataset'), str(args.hub_folder)
     if args.pretrained:
@@ -73,13 +76,16 @@ def load_model(args: argparse.Namespace):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model, dataset, weights = load_model(args)
-    if dataset not in DATASETS:
-        allowed = ', '.join(sorted(DATASETS))
-        sys.exit(f'unknown dataset {dataset!r} for these weights; pass --dataset, one of: {allowed}')
+    try:
+        model, dataset, weights = load_model(args)
+        if dataset not in DATASETS:
+            allowed = ', '.join(sorted(DATASETS))
+            sys.exit(f'unknown dataset {dataset!r} for these weights; pass --dataset, one of: {allowed}')
+        test = load_test(dataset, source=args.data_source, limit=args.limit)
+    except (WeightsError, DataError) as e:
+        sys.exit(str(e))
     if args.reparameterize:
         model = reparameterize_model(model.eval())
-    test = load_test(dataset, source=args.data_source, limit=args.limit)
     metrics = evaluate_model(model, test, DATASETS[dataset], batch_size=args.batch_size)
     result = dict(model=model.pretrained_cfg.get('architecture'), weights=weights, dataset=dataset,
                   split=DATASETS[dataset].test_split, data_source=args.data_source,

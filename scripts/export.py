@@ -10,6 +10,7 @@ when it holds nothing but the saved state of this same run (last-checkpoint/, sc
 """
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -21,10 +22,10 @@ from timm.models import model_entrypoint
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo import count_cost
 from xsep_zoo.constants import HUB_ORG
-from xsep_zoo.data import DATASETS, load_test
+from xsep_zoo.data import DATASETS, DataError, load_test
 from xsep_zoo.engine import evaluate_model, runs_at_once
-from xsep_zoo.hub import (LAST_CHECKPOINT_DIR, WEIGHTS_NAME, is_unfinished_run, load_weights_into, local_hub_root,
-                          write_hub_folder)
+from xsep_zoo.hub import (LAST_CHECKPOINT_DIR, WEIGHTS_NAME, WeightsError, is_unfinished_run, load_weights_into,
+                          local_hub_root, write_hub_folder)
 from xsep_zoo.model_card import CardFacts, render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,14 @@ def export_run(args: argparse.Namespace) -> Path:
     source = args.data_source or config['data_source']
 
     model = timm.create_model(name, num_classes=spec.num_classes)
-    load_weights_into(model, weights)
+    try:
+        load_weights_into(model, weights)
+    except WeightsError as e:
+        sys.exit(str(e))
+    not_finite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+    if not_finite:
+        sys.exit(f'{weights}: {len(not_finite)} tensors hold NaN or infinite values ({", ".join(not_finite[:3])}'
+                 f'{" ..." if len(not_finite) > 3 else ""}): the run diverged; nothing was exported')
     repo_id = f'{HUB_ORG}/{name}.{tag}'
     input_size = (3, spec.train_size, spec.train_size)
     test_size = (3, spec.image_size, spec.image_size)
@@ -149,9 +157,15 @@ def export_run(args: argparse.Namespace) -> Path:
         'mean': spec.mean, 'std': spec.std,
         'pool_size': tuple(s // model.total_stride for s in input_size[1:]),
     }
-    test = load_test(dataset, source=source, limit=args.test_limit)
+    try:
+        test = load_test(dataset, source=source, limit=args.test_limit)
+    except DataError as e:
+        sys.exit(str(e))
     model.pretrained_cfg['label_names'] = test.classes
     metrics = evaluate_model(model, test, spec)
+    if not math.isfinite(metrics['loss']):
+        sys.exit(f'{weights}: the test loss is {metrics["loss"]:g}: the weights do not compute finite outputs; '
+                 'nothing was exported')
     cost = count_cost(model, test_size)
     stretches = _stretches(record, log, runs_at_once(args.run_dir))
 

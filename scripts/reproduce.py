@@ -17,9 +17,9 @@ from pathlib import Path
 import timm
 
 import xsep_zoo  # noqa: F401  registers the models
-from xsep_zoo.data import DATASETS, load_test
+from xsep_zoo.data import DATASETS, DataError, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import CONFIG_NAME
+from xsep_zoo.hub import CONFIG_NAME, WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'datasets'  # local copies, where this workplace has them
@@ -47,13 +47,16 @@ def main(argv=None) -> bool:
 
     rows, all_equal, tests = [], True, {}
     for name in args.models:
-        model = timm.create_model(name, pretrained=True)
-        card = card_results(model)
-        dataset = card['dataset']
-        if dataset not in tests:
-            local = SHARED_DATA / dataset
-            source = args.data_source or (str(local) if local.is_dir() else None)
-            tests[dataset] = (load_test(dataset, source=source), source or DATASETS[dataset].hub_id)
+        try:
+            model = timm.create_model(name, pretrained=True)
+            card = card_results(model)
+            dataset = card['dataset']
+            if dataset not in tests:
+                local = SHARED_DATA / dataset
+                source = args.data_source or (str(local) if local.is_dir() else None)
+                tests[dataset] = (load_test(dataset, source=source), source or DATASETS[dataset].hub_id)
+        except (WeightsError, DataError) as e:
+            sys.exit(str(e))
         test, where = tests[dataset]
         measured = evaluate_model(model, test, DATASETS[dataset])
         if _same_data(where, card['data_source'], DATASETS[dataset].hub_id):

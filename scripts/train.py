@@ -15,6 +15,7 @@ and the command (config.json), one JSON line per epoch (log.jsonl), a checkpoint
 import argparse
 import fcntl
 import json
+import math
 import os
 import shlex
 import shutil
@@ -27,16 +28,17 @@ import timm
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import load as load_weights_only, set_seed
+from accelerate.utils.constants import RNG_STATE_NAME
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 import xsep_zoo
-from xsep_zoo.data import DATASETS, load_test, load_train
+from xsep_zoo.data import DATASETS, DataError, load_test, load_train
 from xsep_zoo.engine import (
     describe_machine, evaluate, flush_subnormals, image_loader, prepare_images, step_generator, warmup_cosine,
 )
-from xsep_zoo.hub import WEIGHTS_NAME, load_weights_into, save_weights_file
+from xsep_zoo.hub import WEIGHTS_NAME, WeightsError, load_weights_file, load_weights_into, save_weights_file
 
 PAPER_RECIPE = dict(
     batch_size=128, momentum=0.9, weight_decay=6e-5, warmup_epochs=5, drop_rate=0.2,
@@ -49,9 +51,26 @@ PRESETS = {
     'svhn': dict(epochs=20, lr=0.35),
     'tiny_imagenet': dict(epochs=200, lr=0.15),
 }
+# The settings a run can train with, checked before anything is created: (test, what is allowed).
+LIMITS = {
+    'epochs': (lambda v: v >= 1, 'at least 1'),
+    'warmup_epochs': (lambda v: v >= 0, '0 or more'),
+    'lr': (lambda v: 0 < v < math.inf, 'a positive number'),
+    'batch_size': (lambda v: v >= 1, 'at least 1'),
+    'eval_batch_size': (lambda v: v >= 1, 'at least 1'),
+    'momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (lambda v: 0 <= v < math.inf, '0 or more'),
+    'drop_rate': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'label_smoothing': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'ema_decay': (lambda v: 0 <= v < 1, 'in [0, 1); 0 = off'),
+    'clip_grad': (lambda v: 0 <= v < math.inf, '0 (off) or a positive norm'),
+    'train_limit': (lambda v: v is None or v >= 1, 'at least 1'),
+    'test_limit': (lambda v: v is None or v >= 1, 'at least 1'),
+}
 # What a resumed run may set differently from the run it continues: where it is, and how fast it runs.
 RESUME_FREE = ('resume', 'output_dir', 'compile', 'time_limit', 'runs_at_once')
 COMPILE_MODES = ('off', 'default', 'reduce-overhead', 'max-autotune')
+EMA_NAME = 'ema.safetensors'  # in each checkpoint, beside Accelerate's files
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,9 +124,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in RESUME_FREE}
     config_path = args.output_dir / 'config.json'
     if args.resume:
-        if not config_path.is_file():
-            sys.exit(f'--resume: {config_path} not found; nothing to resume in {args.output_dir}')
-        saved = json.loads(config_path.read_text())['config']
+        saved = _saved_run(args.output_dir)
         changed = {k: (saved.get(k), v) for k, v in given.items() if saved.get(k) != v}
         if changed:
             sys.exit(f'--resume continues the saved run; these flags differ from it (saved, given): {changed}')
@@ -118,15 +135,44 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config = dict(model='mobilenetv3_small_xsep_100', dataset=dataset, data_source=None, train_limit=None,
                   test_limit=None, pretrained=False, init_from=None, **PAPER_RECIPE, **PRESETS[dataset])
     config.update(given)
+    for key, (allowed, what) in LIMITS.items():
+        if not allowed(config[key]):
+            sys.exit(f'--{key.replace("_", "-")} {config[key]}: must be {what}')
     return config
 
 
+def _saved_run(run_dir: Path) -> dict:
+    """The configuration of the run in `run_dir`, once it is sure the run can continue where it stopped."""
+    config_path, pointer = run_dir / 'config.json', run_dir / 'checkpoints' / 'latest.json'
+    if not config_path.is_file():
+        sys.exit(f'--resume: {config_path} not found; nothing to resume in {run_dir}')
+    try:
+        record = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        sys.exit(f'--resume: {config_path} is not valid JSON ({e}); it is the record scripts/train.py wrote')
+    if not isinstance(record, dict) or 'config' not in record:
+        sys.exit(f'--resume: {run_dir} is not a training run (its config.json holds no training record); '
+                 'to start from the weights of a Hub folder, train a new run with --init-from')
+    if not pointer.is_file():
+        # Killed before its first checkpoint was complete, a run starts again from epoch 1 (the log may hold that
+        # epoch: it is written first). More than that means the checkpoints were removed: nothing to continue from.
+        log = run_dir / 'log.jsonl'
+        logged = len(log.read_text().splitlines()) if log.is_file() else 0
+        if logged > 1 or (run_dir / WEIGHTS_NAME).is_file():
+            sys.exit(f'--resume: {run_dir} has trained {logged} epochs but holds no checkpoint ({pointer} not '
+                     'found), so it cannot continue where it stopped; train it again in a new --output-dir')
+    return record['config']
+
+
 class Checkpoints:
-    """One checkpoint per epoch, each complete before it becomes the latest.
+    """One checkpoint per epoch, each complete before it becomes the latest, and loaded without running code.
 
     Accelerate writes into a temporary folder that is renamed into place; only then does the
     `latest` pointer (replaced atomically) move to it and older checkpoints go. A kill at any
-    moment leaves the previous latest checkpoint intact.
+    moment leaves the previous latest checkpoint intact. Accelerate stores the model as
+    safetensors and reads the optimizer and RNG states with PyTorch's weights-only unpickler; the
+    EMA weights are one more safetensors file, and no object is registered with Accelerate, whose
+    own pickles of registered objects are unpickled in full (a crafted one would run code).
     """
 
     def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int = 1):
@@ -138,7 +184,7 @@ class Checkpoints:
             return None
         return json.loads(self.pointer.read_text())
 
-    def save(self, epoch: int) -> None:
+    def save(self, epoch: int, ema=None) -> None:
         acc = self.accelerator
         name, tmp = f'epoch-{epoch:04d}', self.root / f'.tmp-epoch-{epoch:04d}'
         if acc.is_main_process:
@@ -147,6 +193,8 @@ class Checkpoints:
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            if ema is not None:
+                save_weights_file(ema.state_dict(), tmp / EMA_NAME)
             _write_atomic(tmp / 'progress.json', json.dumps({'epochs_done': epoch}))
             _fsync_tree(tmp)
             final = self.root / name
@@ -157,13 +205,35 @@ class Checkpoints:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    def load_latest(self) -> int:
-        """Restore the latest checkpoint; returns the number of epochs it completed."""
-        latest = self.latest()
-        if latest is None:
-            return 0
-        self.accelerator.load_state(str(self.root / latest['checkpoint']))
-        return latest['epochs_done']
+    def load_latest(self, ema=None) -> int:
+        """Restore the latest checkpoint; returns the number of epochs it completed.
+
+        A checkpoint that cannot be read whole ends the run with a message naming it, before anything
+        in the run folder changes.
+        """
+        try:
+            latest = self.latest()
+            if latest is None:  # killed before its first checkpoint: the run starts again
+                return 0
+            folder, epochs_done = self.root / latest['checkpoint'], int(latest['epochs_done'])
+        except (ValueError, TypeError, KeyError) as e:
+            sys.exit(f'--resume: {self.pointer} is damaged ({type(e).__name__}: {e}); nothing was changed')
+        pickles = sorted(p.name for p in folder.glob('custom_checkpoint_*.pkl'))
+        if pickles:
+            sys.exit(f'--resume: {folder} holds {", ".join(pickles)}: pickled objects that would run code when '
+                     'loaded, and that checkpoints of scripts/train.py do not have. Nothing was loaded or changed; '
+                     'delete them only if you know where the checkpoint comes from')
+        try:
+            rng_state = folder / f'{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl'
+            # Accelerate skips an unreadable RNG state with a log line only; the run would not be exact.
+            load_weights_only(rng_state)
+            self.accelerator.load_state(str(folder))
+            if ema is not None:
+                ema.load_state_dict(load_weights_file(folder / EMA_NAME))
+        except Exception as e:  # any reason the state cannot be read: report it, never train on a part of it
+            sys.exit(f'--resume: cannot restore {folder} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); '
+                     'the checkpoint is incomplete, damaged or not one of scripts/train.py; nothing was changed')
+        return epochs_done
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -185,7 +255,8 @@ def _fsync_tree(folder: Path) -> None:
 def _claim(run_dir: Path):
     """Hold the run directory while this process trains it: two trainings of one run overwrite each other.
 
-    The lock goes with the returned handle, and with the process however it ends.
+    The lock goes with the returned handle, and with the process however it ends. The file names
+    its holder only once `_sign` is called: a resume that is refused leaves the folder as it was.
     """
     handle = open(run_dir / '.lock', 'a+')
     try:
@@ -194,11 +265,15 @@ def _claim(run_dir: Path):
         handle.seek(0)
         sys.exit(f'{run_dir} is being trained by another process (pid {handle.read().strip() or "unknown"}); '
                  'let it finish or stop it, then resume')
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f'{os.getpid()}\n')
-    handle.flush()
     return handle
+
+
+def _sign(lock) -> None:
+    """Write this process's pid into the held lock file, for the message another training of the run gets."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f'{os.getpid()}\n')
+    lock.flush()
 
 
 def _git_commit():
@@ -247,10 +322,36 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     if config['batch_size'] % world:
         sys.exit(f'--batch-size {config["batch_size"]} must be divisible by the {world} processes')
 
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=resume)
-        lock = _claim(run_dir)  # noqa: F841 (held while this function runs)
+    if accelerator.is_main_process and resume:
+        lock = _claim(run_dir)  # held while this function runs
+
+    # Everything that can fail on a user's settings or data happens before a new run's folder exists.
+    try:
+        train = load_train(
+            config['dataset'], source=config['data_source'], limit=config['train_limit'], seed=config['seed'])
+        test = load_test(config['dataset'], source=config['data_source'], limit=config['test_limit'])
+    except DataError as e:
+        sys.exit(str(e))
+    if len(train) < config['batch_size']:
+        sys.exit(f'{len(train)} training images make no full batch of --batch-size {config["batch_size"]}')
+    train_loader = image_loader(train, config['batch_size'] // world, shuffle_seed=config['seed'])
+    test_loader = image_loader(test, config['eval_batch_size'] // world)
+    try:
+        model = timm.create_model(config['model'], num_classes=spec.num_classes, drop_rate=config['drop_rate'],
+                                  pretrained=bool(config['pretrained']))
+        if config['init_from']:
+            weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
+            accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
+    except WeightsError as e:
+        sys.exit(str(e))
+
     if accelerator.is_main_process and not resume:
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            sys.exit(f'{run_dir} was created by another process meanwhile; choose another --output-dir')
+        lock = _claim(run_dir)  # held while this function runs
+        _sign(lock)
         launcher = ['accelerate', 'launch', '--num_processes', str(world)] if world > 1 else ['python']
         record = dict(config=config, command=shlex.join(launcher + sys.argv), argv=sys.argv, num_processes=world,
                       machine=describe_machine(world),
@@ -259,17 +360,6 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         _write_atomic(run_dir / 'config.json', json.dumps(record, indent=2) + '\n')
     accelerator.wait_for_everyone()
 
-    train = load_train(
-        config['dataset'], source=config['data_source'], limit=config['train_limit'], seed=config['seed'])
-    test = load_test(config['dataset'], source=config['data_source'], limit=config['test_limit'])
-    train_loader = image_loader(train, config['batch_size'] // world, shuffle_seed=config['seed'])
-    test_loader = image_loader(test, config['eval_batch_size'] // world)
-
-    model = timm.create_model(config['model'], num_classes=spec.num_classes, drop_rate=config['drop_rate'],
-                              pretrained=bool(config['pretrained']))
-    if config['init_from']:
-        weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
-        accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
     memory_format = torch.channels_last if config['channels_last'] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     if compile_mode != 'off':
@@ -277,22 +367,19 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     optimizer = torch.optim.SGD(model.parameters(), lr=config['lr'], momentum=config['momentum'],
                                 weight_decay=config['weight_decay'])
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-
     steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        sys.exit(f'{len(train)} training images make no full batch of {config["batch_size"]}')
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(config['warmup_epochs'] * steps_per_epoch, config['epochs'] * steps_per_epoch))
-    accelerator.register_for_checkpointing(scheduler)
-    ema = None
-    if config['ema_decay'] > 0:
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config['ema_decay'])
-        accelerator.register_for_checkpointing(ema)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config['ema_decay']) if config['ema_decay'] > 0 else None
 
     checkpoints = Checkpoints(accelerator, run_dir)
     log_path = run_dir / 'log.jsonl'
-    start_epoch = checkpoints.load_latest() if resume else 0
+    start_epoch = checkpoints.load_latest(ema) if resume else 0
+    # The schedule is a function of the step, so a resumed run needs no saved scheduler state.
+    schedule = warmup_cosine(config['warmup_epochs'] * steps_per_epoch, config['epochs'] * steps_per_epoch)
+    steps_done = start_epoch * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(steps_done + step))
     if accelerator.is_main_process:
+        if resume:
+            _sign(lock)
         _truncate_log(log_path, start_epoch)
         for stale in run_dir.glob('checkpoints/.tmp-*'):
             shutil.rmtree(stale)
@@ -325,6 +412,12 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
             seen += labels.numel()
         train_seconds = time.perf_counter() - start
         train_loss = (accelerator.reduce(loss_sum, 'sum') / (seen * world)).item()
+        finite_weights = all(bool(p.isfinite().all()) for p in model.parameters())
+        if not (math.isfinite(train_loss) and finite_weights):
+            kept = f'the last good checkpoint (epoch {epoch}) stays in {checkpoints.root}' if epoch else 'no checkpoint'
+            sys.exit(f'epoch {epoch + 1}: the run diverged (training loss {train_loss:g}, weights '
+                     f'{"finite" if finite_weights else "not finite"}); stopped without saving this epoch, {kept}. '
+                     'Start a new run with a lower --lr, or with --clip-grad')
         metrics = evaluate(ema.module if ema is not None else model, test_loader, spec, accelerator,
                            config['channels_last'])
         record = dict(epoch=epoch + 1, train_loss=round(train_loss, 5), test_top1=metrics['top1'],
@@ -335,7 +428,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
             with open(log_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
         accelerator.print(json.dumps(record))
-        checkpoints.save(epoch + 1)
+        checkpoints.save(epoch + 1, ema)
         if time_limit and epoch + 1 < config['epochs']:
             fits = torch.tensor(float(limit.another_epoch_fits(time.perf_counter() - start)), device=accelerator.device)
             if accelerator.reduce(fits, 'sum').item() < world:  # every process stops after the same epoch

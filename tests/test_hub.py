@@ -1,10 +1,14 @@
-"""The real Hub code paths against a local stand-in: downloading pretrained weights, and publishing."""
+"""Loading pretrained weights (local Hub folders, and the real Hub code paths against a local stand-in), what
+loading refuses, and publishing."""
 import json
 import shutil
 import subprocess
 import sys
 
 import pytest
+import timm
+
+from xsep_zoo.hub import WeightsError
 
 from conftest import MODEL, run_script
 
@@ -61,7 +65,103 @@ def test_a_missing_repo_is_an_error_not_random_weights(fake_hub, script_env, tmp
     env = _client_env(script_env, fake_hub, tmp_path)
     result = subprocess.run([sys.executable, '-c', LOAD_AND_COMPARE, MODEL, '/dev/null'],
                             env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and 'RepositoryNotFoundError' in result.stderr
+    assert result.returncode != 0 and 'WeightsError' in result.stderr
+    assert f'{REPO}: no local folder' in result.stderr and 'config.json could not be fetched from the Hub' in \
+        result.stderr and 'RepositoryNotFoundError' in result.stderr
+
+
+# edits of config.json that make timm build another network around the weights (or drop their head)
+EDITS = {
+    'num_classes': ('num_classes', lambda c: c.update(num_classes=100)),
+    'architecture_argument': ('model_args', lambda c: c['model_args'].update(padding='symmetric')),
+    'architecture_name': ('architecture', lambda c: c.update(architecture='mobilenetv3_small_xsep_sympad_100')),
+    'other_width': ('architecture', lambda c: c.update(architecture='mobilenetv3_small_xsep_100')),
+}
+
+
+def _edited(exported, root, edit):
+    folder = shutil.copytree(exported, root / exported.name)
+    config = json.loads((folder / 'config.json').read_text())
+    edit(config)
+    (folder / 'config.json').write_text(json.dumps(config, indent=2))
+    return folder
+
+
+@pytest.mark.parametrize('edit', EDITS)
+def test_an_edited_config_is_refused_before_any_weight_loads(edit, exported, tmp_path, monkeypatch):
+    field, change = EDITS[edit]
+    folder = _edited(exported, tmp_path, change)
+    monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(tmp_path))
+    for name in (MODEL, f'local-dir:{folder}'):
+        with pytest.raises(WeightsError, match=f'^{folder / "config.json"}: {field} is .* but the weights were '
+                                               'exported for'):
+            timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize('script', ['eval', 'init_from', 'pretrained', 'hf_hub'])
+def test_every_loading_path_refuses_an_edited_config_in_one_line(script, exported, fake_hub, tmp_path, script_env,
+                                                                  cifar10_dir):
+    hub_root = tmp_path / 'hub'
+    folder = _edited(exported, hub_root, EDITS['num_classes'][1])
+    env = dict(script_env, XSEP_ZOO_HUB_DIR=str(hub_root))
+    train = ['--model', MODEL, '--epochs', '1', '--train-limit', '64', '--batch-size', '64',
+             '--data-source', cifar10_dir, '--output-dir', tmp_path / 'run']
+    if script == 'eval':
+        result = run_script('eval.py', '--hub-folder', folder, '--data-source', cifar10_dir, env=env, check=False)
+    elif script == 'init_from':
+        result = run_script('train.py', *train, '--init-from', folder, env=env, check=False)
+    elif script == 'pretrained':
+        result = run_script('train.py', *train, '--pretrained', env=env, check=False)
+    else:
+        shutil.rmtree(fake_hub.root / REPO, ignore_errors=True)
+        shutil.copytree(folder, fake_hub.root / REPO)
+        result = subprocess.run([sys.executable, '-c', LOAD_AND_COMPARE, f'hf-hub:{REPO}', '/dev/null'],
+                                env=_client_env(script_env, fake_hub, tmp_path), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert 'config.json: num_classes is 100, but the weights were exported for 10' in result.stderr
+    if script != 'hf_hub':  # the scripts print one line; a Python caller gets a WeightsError
+        assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_folder_without_a_checksum_is_refused_unless_opted_out(exported, tmp_path, monkeypatch):
+    folder = shutil.copytree(exported, tmp_path / exported.name)
+    config = json.loads((folder / 'config.json').read_text())
+    del config['weights_sha256']
+    (folder / 'config.json').write_text(json.dumps(config))
+    monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(tmp_path))
+    monkeypatch.delenv('XSEP_ZOO_ALLOW_UNVERIFIED', raising=False)
+    for name in (MODEL, f'local-dir:{folder}'):
+        with pytest.raises(WeightsError, match='records no weights_sha256.* set XSEP_ZOO_ALLOW_UNVERIFIED=1'):
+            timm.create_model(name, pretrained=True)
+    monkeypatch.setenv('XSEP_ZOO_ALLOW_UNVERIFIED', '1')
+    assert timm.create_model(f'local-dir:{folder}', pretrained=True).num_classes == 10
+
+
+@pytest.mark.parametrize('damage', ['empty', 'not_json', 'missing'])
+def test_a_damaged_or_missing_config_is_named(damage, exported, tmp_path, monkeypatch, script_env, cifar10_dir):
+    folder = shutil.copytree(exported, tmp_path / exported.name)
+    config = folder / 'config.json'
+    if damage == 'missing':
+        config.unlink()
+    else:
+        config.write_text('' if damage == 'empty' else '{"architecture": ')
+    expected = f'{config}: not found' if damage == 'missing' else f'{config}: not valid JSON'
+    monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(tmp_path))
+    with pytest.raises(WeightsError, match=expected):
+        timm.create_model(MODEL, pretrained=True)
+    result = run_script('eval.py', '--hub-folder', folder, '--data-source', cifar10_dir, env=script_env, check=False)
+    assert result.returncode != 0 and expected in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_weights_of_another_width_are_refused_in_one_line(exported):
+    weights = exported / 'model.safetensors'
+    with pytest.raises(WeightsError) as error:
+        timm.create_model('mobilenetv3_small_xsep_100', pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    message = str(error.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f'{weights} does not fit mobilenetv3_small_xsep_100 (') and 'another architecture or' \
+        ' width' in message
 
 
 def test_push_publishes_the_folder(exported, fake_hub, script_env, tmp_path):

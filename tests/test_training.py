@@ -103,7 +103,7 @@ def test_a_run_continues_in_another_session_from_its_saved_state(trained_run, tm
     saved = run_script('run_state.py', 'save', run_dir, state, env=script_env)
     assert 'saved epoch 1' in saved.stdout
     assert sorted(p.relative_to(state).as_posix() for p in state.rglob('*') if p.is_file()) == [
-        'checkpoints/epoch-0001/custom_checkpoint_0.pkl', 'checkpoints/epoch-0001/model.safetensors',
+        'checkpoints/epoch-0001/model.safetensors',
         'checkpoints/epoch-0001/optimizer.bin', 'checkpoints/epoch-0001/progress.json',
         'checkpoints/epoch-0001/random_states_0.pkl', 'checkpoints/latest.json', 'config.json', 'log.jsonl']
     assert 'kept it' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
@@ -372,8 +372,9 @@ def test_export_of_a_finished_long_run_replaces_only_its_own_saved_state(trained
 
 @pytest.mark.parametrize('start', ['--pretrained', '--init-from'])
 def test_fine_tuning_starts_from_the_given_weights(start, exported, tmp_path, script_env, cifar10_dir):
-    # lr 0 keeps every weight where it started (BN statistics still move), so the start is visible at the end
-    args = [*TRAIN_ARGS, '--epochs', '1', '--lr', '0', '--train-limit', '128', '--data-source', cifar10_dir,
+    # lr 1e-30 keeps every weight where it started (its steps are below float32 resolution; BN statistics still
+    # move), so the start is visible at the end
+    args = [*TRAIN_ARGS, '--epochs', '1', '--lr', '1e-30', '--train-limit', '128', '--data-source', cifar10_dir,
             '--output-dir', tmp_path / 'ft']
     args += ['--pretrained'] if start == '--pretrained' else ['--init-from', exported]
     env = dict(script_env, XSEP_ZOO_HUB_DIR=str(exported.parent))
@@ -425,3 +426,110 @@ def test_optional_recipe_flags(tmp_path, script_env, cifar10_dir):
     model_state = load_file(run_dir / 'checkpoints' / 'epoch-0001' / 'model.safetensors')
     key = 'conv_stem.weight'
     assert not torch.equal(final[key], model_state[key])  # EMA weights (timm's EMA copies for 2 steps, then decays)
+
+
+def _tree(folder):
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+class _Planted:
+    """A pickle that creates a file when unpickled: proof of code run from a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, 'w')
+
+
+@pytest.mark.parametrize('target', ['custom_checkpoint_0.pkl', 'random_states_0.pkl', 'optimizer.bin'])
+def test_resume_runs_no_code_from_a_planted_pickle(target, trained_run, tmp_path, script_env):
+    import pickle
+    run_dir, marker = tmp_path / 'run', tmp_path / 'code-ran'
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / 'checkpoints' / 'epoch-0002' / target).write_bytes(pickle.dumps(_Planted(marker)))
+    before = _tree(run_dir)
+    result = run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env, check=False)
+    assert not marker.exists()
+    assert result.returncode != 0 and f'--resume: ' in result.stderr and 'Traceback' not in result.stderr
+    message = 'pickled objects that would run code' if target.startswith('custom') else 'cannot restore'
+    assert message in result.stderr and 'nothing was' in result.stderr.lower()
+    assert _tree(run_dir) == before
+
+
+def test_checkpoints_hold_no_pickled_objects(trained_run, tmp_path, script_env, cifar10_dir):
+    run_dir = tmp_path / 'ema'
+    run_script('train.py', *TRAIN_ARGS, '--epochs', '1', '--train-limit', '128', '--ema-decay', '0.5',
+               '--data-source', cifar10_dir, '--output-dir', run_dir, env=script_env)
+    checkpoint = run_dir / 'checkpoints' / 'epoch-0001'
+    assert sorted(p.name for p in checkpoint.iterdir()) == \
+        ['ema.safetensors', 'model.safetensors', 'optimizer.bin', 'progress.json', 'random_states_0.pkl']
+
+
+@pytest.mark.parametrize('damage', ['no_checkpoints', 'damaged_pointer', 'truncated_weights', 'truncated_optimizer',
+                                    'hub_folder'])
+def test_resume_refuses_what_it_cannot_continue_and_changes_nothing(damage, trained_run, exported, tmp_path,
+                                                                     script_env):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(exported if damage == 'hub_folder' else trained_run, run_dir)
+    checkpoint = run_dir / 'checkpoints' / 'epoch-0002'
+    if damage == 'no_checkpoints':
+        shutil.rmtree(run_dir / 'checkpoints')
+    elif damage == 'damaged_pointer':
+        (run_dir / 'checkpoints' / 'latest.json').write_text('{"checkpoint": ')
+    elif damage.startswith('truncated'):
+        victim = checkpoint / ('model.safetensors' if damage == 'truncated_weights' else 'optimizer.bin')
+        victim.write_bytes(victim.read_bytes()[:200])
+    before = _tree(run_dir)
+    result = run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env, check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    expected = {'no_checkpoints': 'has trained 2 epochs but holds no checkpoint',
+                'damaged_pointer': f'{run_dir / "checkpoints" / "latest.json"} is damaged (JSONDecodeError', 'truncated_weights': f'cannot restore {checkpoint}',
+                'truncated_optimizer': f'cannot restore {checkpoint}', 'hub_folder': 'is not a training run'}[damage]
+    assert expected in result.stderr
+    assert _tree(run_dir) == before  # the log is not truncated, nothing is added
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--epochs', '0', '--epochs 0: must be at least 1'),
+    ('--epochs', '-3', '--epochs -3: must be at least 1'),
+    ('--warmup-epochs', '-1', '--warmup-epochs -1: must be 0 or more'),
+    ('--lr', '0', '--lr 0.0: must be a positive number'),
+    ('--lr', 'nan', '--lr nan: must be a positive number'),
+    ('--batch-size', '0', '--batch-size 0: must be at least 1'),
+    ('--momentum', '5', '--momentum 5.0: must be in [0, 1)'),
+    ('--drop-rate', '1', '--drop-rate 1.0: must be in [0, 1)'),
+    ('--batch-size', '1024', '512 training images make no full batch of --batch-size 1024'),
+    ('--model', 'mobilenetv3_small_xsep_075', 'mobilenetv3_small_xsep_075.cifar10: no local folder'),
+])
+def test_impossible_settings_are_refused_before_anything_is_created(flag, value, message, tmp_path, script_env,
+                                                                     cifar10_dir):
+    run_dir = tmp_path / 'run'
+    extra = ['--pretrained'] if flag == '--model' else []
+    result = run_script('train.py', *TRAIN_ARGS, flag, value, *extra, '--data-source', cifar10_dir,
+                        '--output-dir', run_dir, env=script_env, check=False)
+    assert result.returncode != 0 and message in result.stderr and 'Traceback' not in result.stderr
+    assert not run_dir.exists()
+
+
+def test_a_diverged_run_stops_at_once_and_writes_no_weights(tmp_path, script_env, cifar10_dir):
+    run_dir = tmp_path / 'diverged'
+    result = run_script('train.py', *TRAIN_ARGS, '--train-limit', '128', '--lr', '1e30', '--data-source',
+                        cifar10_dir, '--output-dir', run_dir, env=script_env, check=False)
+    assert result.returncode != 0 and 'epoch 1: the run diverged (training loss nan' in result.stderr
+    assert not (run_dir / 'model.safetensors').exists() and not (run_dir / 'checkpoints').exists()
+    assert not (run_dir / 'log.jsonl').exists()
+
+
+def test_export_refuses_weights_that_are_not_finite(trained_run, tmp_path, script_env, cifar10_dir):
+    from safetensors.torch import save_file
+    run_dir, hub_root = tmp_path / 'nan', tmp_path / 'hub'
+    shutil.copytree(trained_run, run_dir)
+    state = load_file(run_dir / 'model.safetensors')
+    state['classifier.bias'][0] = float('nan')
+    save_file(state, run_dir / 'model.safetensors')
+    result = run_script('export.py', run_dir, '--hub-root', hub_root, '--data-source', cifar10_dir,
+                        '--test-limit', '64', env=script_env, check=False)
+    assert result.returncode != 0 and '1 tensors hold NaN or infinite values (classifier.bias)' in result.stderr
+    assert not hub_root.exists() or not any(hub_root.iterdir())

@@ -1,10 +1,12 @@
 """Pretrained weights: the zoo's Hub repos, local copies of them, and loading that never guesses.
 
 A Hub repo of the zoo is a folder `<model>.<tag>/` with `model.safetensors`, timm's `config.json`
-(plus the sha256 of the weights at the top level) and the model card `README.md`. The repository
-keeps these folders in `hub_cards/`; `timm.create_model(name, pretrained=True)` reads the local
-folder when there is one and the Hub otherwise, and in both cases refuses weights whose sha256
-differs from the one recorded at export, rather than falling back to random ones.
+(plus, at its top level, the sha256 of the weights and the fields that define the network as they
+were at export) and the model card `README.md`. The repository keeps these folders in `hub_cards/`;
+`timm.create_model(name, pretrained=True)` reads the local folder when there is one and the Hub
+otherwise, and in both cases refuses weights whose sha256 differs from the one recorded, and a
+config.json whose architecture fields differ from the recorded ones (timm would build another
+network around the weights, or drop their classifier), rather than loading something else.
 """
 import hashlib
 import json
@@ -20,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = [
-    'HUB_DIR_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'WeightsError', 'local_hub_root', 'local_repo_dir',
-    'sha256_file', 'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
+    'HUB_DIR_ENV', 'UNVERIFIED_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'WeightsError', 'local_hub_root', 'local_repo_dir',
+    'sha256_file', 'read_hub_config', 'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
     'pretrained_weights_overlay', 'load_matching_state_dict',
     'write_hub_folder',
 ]
@@ -31,6 +33,11 @@ WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 SHA256_KEY = 'weights_sha256'  # top-level key of config.json; timm ignores it
+# What timm builds the network from; recorded at export under EXPORTED_KEY, so an edit is caught before loading.
+ARCHITECTURE_FIELDS = ('architecture', 'num_classes', 'num_features', 'global_pool', 'model_args')
+EXPORTED_KEY = 'exported_config'
+# set to 1 to load a Hub folder of one's own that records no checksum (say, saved by timm's save_for_hf)
+UNVERIFIED_ENV = 'XSEP_ZOO_ALLOW_UNVERIFIED'
 # where a run longer than one session keeps its latest checkpoint until it is exported (scripts/run_state.py)
 LAST_CHECKPOINT_DIR = 'last-checkpoint'
 
@@ -53,12 +60,12 @@ def local_hub_root() -> Optional[Path]:
 
 
 def local_repo_dir(hf_hub_id: str) -> Optional[Path]:
-    """The local folder of Hub repo `org/<model>.<tag>` (named `<model>.<tag>`), if it holds a config.json."""
+    """The local folder of Hub repo `org/<model>.<tag>` (named `<model>.<tag>`), if there is one."""
     root = local_hub_root()
     if root is None:
         return None
     folder = root / hf_hub_id.split('@')[0].split('/')[-1]
-    return folder if (folder / CONFIG_NAME).is_file() else None
+    return folder if folder.is_dir() else None
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -69,17 +76,59 @@ def sha256_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def verified_weights(config_path: Path, weights_path: Path) -> Path:
-    """`weights_path`, after checking it against the sha256 that `config_path` records (if it records one)."""
+def read_hub_config(config_path: Path) -> dict:
+    """A Hub folder's config.json as a dict, or a WeightsError that names the file and what is wrong with it."""
+    if not config_path.is_file():
+        raise WeightsError(f'{config_path}: not found; a Hub folder holds config.json beside {WEIGHTS_NAME}')
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f'{config_path}: not valid JSON ({e}); restore the file, e.g. download it again') from None
+    if not isinstance(config, dict):
+        raise WeightsError(f'{config_path}: expected a JSON object, found {type(config).__name__}')
+    return config
+
+
+def exported_config(config: Mapping[str, Any]) -> dict:
+    """The fields of a timm config.json that decide which network its weights go into."""
+    return {field: config.get(field) for field in ARCHITECTURE_FIELDS}
+
+
+def _unverified_allowed(allow_unverified: Optional[bool]) -> bool:
+    return allow_unverified if allow_unverified is not None else os.environ.get(UNVERIFIED_ENV, '') == '1'
+
+
+def verified_weights(config_path: Path, weights_path: Path, allow_unverified: Optional[bool] = None) -> Path:
+    """`weights_path`, once its sha256 and the config's architecture fields match what `config_path` records.
+
+    A folder that records no checksum is refused unless `allow_unverified` (default: the
+    XSEP_ZOO_ALLOW_UNVERIFIED environment variable set to 1) says it is the user's own.
+    """
+    config = read_hub_config(config_path)
     if not weights_path.is_file():
         raise WeightsError(f'{weights_path}: weights file not found')
-    expected = json.loads(config_path.read_text()).get(SHA256_KEY)
-    if expected is not None:
-        actual = sha256_file(weights_path)
-        if actual != expected:
+    expected = config.get(SHA256_KEY)
+    if expected is None:
+        if _unverified_allowed(allow_unverified):
+            return weights_path
+        raise WeightsError(
+            f'{config_path}: records no {SHA256_KEY}, so nothing vouches for {weights_path.name} beside it '
+            f'(the zoo\'s folders record one); to load a folder of your own anyway, set {UNVERIFIED_ENV}=1')
+    actual = sha256_file(weights_path)
+    if actual != expected:
+        raise WeightsError(
+            f'{weights_path}: sha256 {actual} differs from {expected} recorded in {config_path}; '
+            'the file is truncated, corrupt or replaced, refusing to load it')
+    recorded = config.get(EXPORTED_KEY)
+    if not isinstance(recorded, dict):
+        raise WeightsError(f'{config_path}: records no {EXPORTED_KEY}, the architecture the weights were exported '
+                           'for; restore the file, e.g. download it again')
+    for field, value in exported_config(config).items():
+        if value != recorded.get(field):
             raise WeightsError(
-                f'{weights_path}: sha256 {actual} differs from {expected} recorded in {config_path}; '
-                'the file is truncated, corrupt or replaced, refusing to load it')
+                f'{config_path}: {field} is {value!r}, but the weights were exported for {recorded.get(field)!r}; '
+                'the file was edited or damaged: restore it (e.g. download it again) rather than load the weights '
+                'into another network')
     return weights_path
 
 
@@ -111,7 +160,7 @@ def load_weights_into(model: nn.Module, path: Union[str, Path], new_head_ok: boo
     return weights, load_matching_state_dict(model, load_weights_file(weights), str(weights), new_head_ok)
 
 
-def find_weights(path: Union[str, Path]) -> Path:
+def find_weights(path: Union[str, Path], allow_unverified: Optional[bool] = None) -> Path:
     """The weights behind `path`: a .safetensors file, a Hub folder (checked), a run or checkpoint folder."""
     path = Path(path)
     if path.is_file():
@@ -120,7 +169,9 @@ def find_weights(path: Union[str, Path]) -> Path:
         raise WeightsError(f'{path}: no such file or folder')
     if (path / WEIGHTS_NAME).is_file():
         config = path / CONFIG_NAME
-        return verified_weights(config, path / WEIGHTS_NAME) if config.is_file() else path / WEIGHTS_NAME
+        if config.is_file() and 'config' not in read_hub_config(config):  # not a training run's record: a Hub folder
+            return verified_weights(config, path / WEIGHTS_NAME, allow_unverified)
+        return path / WEIGHTS_NAME
     latest = path / 'checkpoints' / 'latest.json'
     if latest.is_file():  # a training run still in progress: its last complete checkpoint
         return path / 'checkpoints' / json.loads(latest.read_text())['checkpoint'] / WEIGHTS_NAME
@@ -130,9 +181,17 @@ def find_weights(path: Union[str, Path]) -> Path:
 
 
 def _download(hf_hub_id: str, filename: str) -> Path:
+    """One file of a Hub repo, through huggingface_hub's cache; a WeightsError naming where it was looked for."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     repo_id, _, revision = hf_hub_id.partition('@')
-    return Path(hf_hub_download(repo_id, filename, revision=revision or None))
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision or None))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        root = local_hub_root()
+        local = f'no local folder {root / repo_id.split("/")[-1]}' if root else 'no local Hub folders'
+        reason = type(e).__name__ + (f': {str(e).strip().splitlines()[0]}' if str(e).strip() else '')
+        raise WeightsError(f'{hf_hub_id}: {local}, and {filename} could not be fetched from the Hub ({reason})') from None
 
 
 def pretrained_weights_overlay(pretrained_cfg: Mapping[str, Any]) -> Optional[dict]:
@@ -157,7 +216,11 @@ def pretrained_weights_overlay(pretrained_cfg: Mapping[str, Any]) -> Optional[di
             config, weights = _download(hf_hub_id, CONFIG_NAME), _download(hf_hub_id, WEIGHTS_NAME)
     else:
         return None
-    return dict(source='file', file=str(verified_weights(config, weights)))
+    verified_weights(config, weights)
+    built, recorded = pretrained_cfg.get('architecture'), read_hub_config(config).get('architecture')
+    if built and recorded != built:
+        raise WeightsError(f'{config}: architecture is {recorded!r}, but these weights were asked for as {built!r}')
+    return dict(source='file', file=str(weights))
 
 
 def load_matching_state_dict(
@@ -217,6 +280,7 @@ def write_hub_folder(
         config = json.loads((tmp / CONFIG_NAME).read_text())
         config.update(extra_config or {})
         config[SHA256_KEY] = sha256_file(tmp / WEIGHTS_NAME)
+        config[EXPORTED_KEY] = exported_config(config)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
         (tmp / CARD_NAME).write_text(card)
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and save_file create them private

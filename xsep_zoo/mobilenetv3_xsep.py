@@ -28,7 +28,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ._checks import check_choice
 from .constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HUB_ORG
-from .hub import pretrained_weights_overlay
+from .hub import WeightsError, pretrained_weights_overlay
 from .xsepconv import XSEP_VARIANTS, PaddedConv2x2, XSepConv, padding_plan
 
 __all__ = ['XSepMobileNetV3', 'ARCH_VARIANTS', 'MODEL_NAMES']
@@ -191,11 +191,19 @@ def _create_mnv3_small(variant: str, arch: str, multiplier: float, pretrained: b
     )
     # stem and first block share a resolution with small inputs: 4 feature levels instead of 5
     num_levels = 4 if small_input else 5
-    return build_model_with_cfg(
-        XSepMobileNetV3, variant, pretrained,
-        feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(num_levels))),
-        **model_kwargs,
-    )
+    try:
+        return build_model_with_cfg(
+            XSepMobileNetV3, variant, pretrained,
+            feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(num_levels))),
+            **model_kwargs,
+        )
+    except RuntimeError as e:  # torch's strict load lists every key: one line says what the user needs
+        if not str(e).startswith('Error(s) in loading state_dict'):
+            raise
+        problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        source = (kwargs.get('pretrained_cfg_overlay') or {}).get('file') or 'the pretrained weights'
+        raise WeightsError(f'{source} does not fit {variant} ({len(problems)} mismatches, the first: {problems[0]}); '
+                           'the weights are for another architecture or width') from None
 
 
 def _cfg(model: str, tag: str = 'cifar10', **kwargs) -> dict:
