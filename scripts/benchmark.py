@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import shlex
 import statistics
 import sys
@@ -34,15 +33,12 @@ from timm.utils import reparameterize_model
 
 import xsep_zoo  # noqa: F401  registers the models
 from readme_section import check_section, print_and_write
-from xsep_zoo import XSepConv, count_cost
+from xsep_zoo import MODELS, XSepConv, count_cost
 from xsep_zoo.engine import describe_machine
 
-DEFAULT_MODELS = (
-    'timm:mobilenetv3_small_100',
-    'mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100',
-    'mobilenetv3_small_dw_k7_100', 'mobilenetv3_small_xsep_k7_100',
-    'mobilenetv3_small_dw_ds7_100', 'mobilenetv3_small_xsep_ds7_100',
-)
+# timm's own model, then the paper's model and the kernel-size experiments, each after its DW partner
+TIMED = ('mobilenetv3_small_xsep_100', 'mobilenetv3_small_xsep_k7_100', 'mobilenetv3_small_xsep_ds7_100')
+DEFAULT_MODELS = ('timm:mobilenetv3_small_100', *(name for xsep in TIMED for name in (MODELS[xsep].dw_partner, xsep)))
 FORMS = ('plain', 'fused', 'compiled')
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -94,9 +90,8 @@ def build_model(name: str, input_size: int) -> nn.Module:
 
 
 def dw_partner(name: str):
-    """The DW baseline an XSepConv model is compared with (ablations compare with the plain baseline)."""
-    match = re.fullmatch(r'mobilenetv3_small_xsep(?:_(?:no2x2|b|p|sympad|asympad))?(_\w+)', name)
-    return f'mobilenetv3_small_dw{match[1]}' if match else None
+    """The DW baseline an XSepConv model is compared with, from the family table; None for any other model."""
+    return MODELS[name].dw_partner if name in MODELS else None
 
 
 def has_xsepconv(model: nn.Module) -> bool:

@@ -5,8 +5,7 @@
 Writes model.safetensors (the run's final weights: the EMA ones when EMA was on), timm's
 config.json (with the weights' sha256 and the measured results at its top level) and the model
 card README.md. The accuracy is measured here, on the exported weights, over the whole test split;
-params and MACs come from the counter. An existing folder is replaced only with --overwrite, or
-when it holds nothing but the saved state of this same run (last-checkpoint/, scripts/run_state.py).
+params and MACs come from the counter. An existing folder is replaced only with --overwrite.
 """
 import argparse
 import json
@@ -17,16 +16,15 @@ import sys
 from pathlib import Path
 
 import timm
-from timm.models import model_entrypoint
 
 import xsep_zoo  # noqa: F401  registers the models
-from xsep_zoo import count_cost
+from xsep_zoo import MODELS, count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, DataError, load_test
-from xsep_zoo.engine import evaluate_model, runs_at_once
-from xsep_zoo.hub import (LAST_CHECKPOINT_DIR, WEIGHTS_NAME, WeightsError, is_unfinished_run, load_weights_into,
-                          local_hub_root, write_hub_folder)
+from xsep_zoo.engine import evaluate_model
+from xsep_zoo.hub import WEIGHTS_NAME, WeightsError, load_weights_into, local_hub_root, write_hub_folder
 from xsep_zoo.model_card import CardFacts, render_model_card
+from xsep_zoo.pretrained import DATASET_CFGS, record_published
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +54,8 @@ def portable(value):
     return os.path.relpath(path, ROOT) if path.is_relative_to(base) else value
 
 
-# how a stretch of a run was scheduled, not what it trains: the card's command trains the whole run in one go
+# When a stretch of a run stopped, not what it trains: the card's command trains the whole run in one go.
+# --runs-at-once is no longer an option of train.py, but commands recorded by older runs hold it.
 SCHEDULING_OPTIONS = ('--time-limit', '--runs-at-once')
 
 
@@ -83,48 +82,32 @@ def _data_description(source) -> str:
     return f'a local copy at `{portable(source)}`'
 
 
-def _stretches(record: dict, log: list, sharing: int) -> list:
-    """The run's epochs in stretches trained on one machine, beside the same number of runs, in one float mode.
+def _stretches(record: dict, log: list) -> list:
+    """The run's epochs in stretches trained on one machine: a resumed run may continue on another.
 
-    A resumed run may continue elsewhere. Log lines written before epochs named their machine
-    fall back to the run's first machine and to the runs-at-once record beside the run; those
-    written before train.py flushed subnormals on the CPU did not flush them.
+    Log lines written before epochs named their machine fall back to the run's first machine.
     """
     stretches = []
     for entry in log:
-        where = dict(machine=entry.get('machine', record.get('machine', 'unrecorded')),
-                     runs_at_once=entry.get('runs_at_once', sharing),
-                     flush_denormal=entry.get('flush_denormal', False))
-        last = stretches[-1] if stretches else None
-        if last and all(last[key] == value for key, value in where.items()):
-            last['epochs'][1], last['seconds'] = entry['epoch'], last['seconds'] + entry['seconds']
+        machine = entry.get('machine', record.get('machine', 'unrecorded'))
+        if stretches and stretches[-1]['machine'] == machine:
+            stretches[-1]['epochs'][1] = entry['epoch']
+            stretches[-1]['seconds'] += entry['seconds']
         else:
-            stretches.append(dict(**where, epochs=[entry['epoch']] * 2, seconds=entry['seconds']))
+            stretches.append(dict(machine=machine, epochs=[entry['epoch']] * 2, seconds=entry['seconds']))
     return stretches
 
 
 def _where_trained(stretches: list) -> str:
-    """Where the run was trained, whether other runs shared the machine (its time depends on both), and how."""
-    def one(stretch):
-        runs = stretch['runs_at_once']
-        text = f"{stretch['machine']}, one of {runs} runs trained at once" if runs > 1 else stretch['machine']
-        return text + (', subnormal floats flushed to zero' if stretch['flush_denormal'] else '')
+    """The machine a run was trained on, or each machine with its epochs and hours."""
+    if len(stretches) == 1:
+        return stretches[0]['machine']
 
     def span(stretch):
         first, last = stretch['epochs']
         return f'epoch {first}' if first == last else f'epochs {first}-{last}'
 
-    if len(stretches) == 1:
-        return one(stretches[0])
-    return '; '.join(f"{one(s)} ({span(s)}, {s['seconds'] / 3600:.2f} h)" for s in stretches)
-
-
-def _holds_only_this_runs_state(folder: Path, record: dict) -> bool:
-    """Whether `folder` holds nothing but the saved state of this run (scripts/run_state.py), which its export ends."""
-    if not is_unfinished_run(folder):
-        return False
-    saved = folder / LAST_CHECKPOINT_DIR / 'config.json'
-    return saved.is_file() and json.loads(saved.read_text())['config'] == record['config']
+    return '; '.join(f"{s['machine']} ({span(s)}, {s['seconds'] / 3600:.2f} h)" for s in stretches)
 
 
 def export_run(args: argparse.Namespace) -> Path:
@@ -167,14 +150,14 @@ def export_run(args: argparse.Namespace) -> Path:
         sys.exit(f'{weights}: the test loss is {metrics["loss"]:g}: the weights do not compute finite outputs; '
                  'nothing was exported')
     cost = count_cost(model, test_size)
-    stretches = _stretches(record, log, runs_at_once(args.run_dir))
+    stretches = _stretches(record, log)
 
     recipe = {key: portable(value) if key in ('data_source', 'init_from') else value for key, value in config.items()}
     eval_command = ['python', 'scripts/eval.py', '--model', f'{name}.{tag}', '--pretrained', '--dataset', dataset]
     eval_command += ['--data-source', str(portable(source))] if source else []
     eval_command += ['--limit', str(args.test_limit)] if args.test_limit else []
     facts = CardFacts(
-        repo_id=repo_id, model=name, description=model_entrypoint(name).__doc__.strip(), dataset=dataset,
+        repo_id=repo_id, model=name, description=MODELS[name].description, dataset=dataset,
         dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
         metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=recipe,
         train_command=_portable_command(record['command']), eval_command=shlex.join(eval_command),
@@ -183,17 +166,12 @@ def export_run(args: argparse.Namespace) -> Path:
     )
     results = dict(dataset=dataset, split=spec.test_split, data_source=portable(source), params=cost.params,
                    macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds,
-                   runs_at_once=max(s['runs_at_once'] for s in stretches), trained_on=stretches,
-                   recipe=recipe,
+                   trained_on=stretches, recipe=recipe,
                    **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
-    state = model.state_dict()
-    overwrite = args.overwrite
-    if not overwrite and _holds_only_this_runs_state(folder, record):
-        print(f'{folder}: the finished export replaces the saved state of this run ({LAST_CHECKPOINT_DIR}/)')
-        overwrite = True
     try:
-        write_hub_folder(folder, model, state, render_model_card(facts), dict(xsep_zoo=results), overwrite)
+        write_hub_folder(folder, model, model.state_dict(), render_model_card(facts), dict(xsep_zoo=results),
+                         args.overwrite)
     except FileExistsError as e:
         sys.exit(str(e))
     print(f'{folder}: top-1 {metrics["top1"]:.2f} % on {metrics["count"]} images, '

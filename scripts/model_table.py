@@ -1,4 +1,4 @@
-"""Print the zoo's model table: each registered model with its params and MACs at an input size.
+"""Print the zoo's model table: the family table of xsep_zoo.MODELS with params and MACs at an input size.
 
     python scripts/model_table.py                      # markdown table to stdout
     python scripts/model_table.py --readme README.md   # also rewrite the table section of the README
@@ -7,11 +7,9 @@ import argparse
 from pathlib import Path
 
 import timm
-from timm.models import model_entrypoint
 
-import xsep_zoo
 from readme_section import print_and_write
-from xsep_zoo import count_cost
+from xsep_zoo import MODELS, count_cost
 
 SECTION = 'model-table'
 
@@ -22,13 +20,14 @@ def model_table(input_size: int) -> str:
         f'Params and MACs (multiply-adds of convs and linear layers) at {input_size}x{input_size}, 10 classes, '
         f'written by `{command}`.',
         '',
-        '| model | what it is | params (M) | MACs (M) |',
-        '|---|---|---:|---:|',
+        '| model | what it tests | paper | DW partner | params (M) | MACs (M) |',
+        '|---|---|---|---|---:|---:|',
     ]
-    for name in xsep_zoo.MODEL_NAMES:
+    for name, model in MODELS.items():
         cost = count_cost(timm.create_model(name), (3, input_size, input_size))
-        doc = model_entrypoint(name).__doc__.strip()
-        lines.append(f'| `{name}` | {doc} | {cost.params / 1e6:.3f} | {cost.macs / 1e6:.2f} |')
+        partner = f'`{model.dw_partner}`' if model.dw_partner else ''
+        lines.append(f'| `{name}` | {model.description} | {model.paper} | {partner} '
+                     f'| {cost.params / 1e6:.3f} | {cost.macs / 1e6:.2f} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -9,7 +9,7 @@ log, curves and provenance record), from the top of the folder. Anything else th
 token, pytorch_model.bin, checkpoints/, dotfiles, subfolders) stays local and is named in one line:
     leaving out of xsep-zoo/<model>.<tag>: .env, checkpoints/ (not part of a Hub model repo)
 --dry-run prints the same, with what would be pushed. With --all, a folder holding none of the
-weights, config.json and card (say, a run still training) is skipped with a message; a folder missing
+weights, config.json and card is not a Hub folder and is skipped with a message; a folder missing
 only some of them is refused, as is any named folder that lacks one.
 
 The token is huggingface_hub's usual one (`hf auth login`, or the HF_TOKEN variable); it is never
@@ -59,9 +59,7 @@ def hub_folders(args: argparse.Namespace) -> list[Path]:
         if any((folder / n).exists() for n in REQUIRED_FILES):
             folders.append(folder)  # a Hub folder, or half of one: check_folder decides
             continue
-        entries = sorted(_entry(p) for p in folder.iterdir())
-        holds = f'it holds only {", ".join(entries)}, none of' if entries else 'it is empty, without'
-        print(f'skipping {folder}: {holds} {", ".join(REQUIRED_FILES)} (not a Hub folder)')
+        print(f'skipping {folder}: not a Hub folder (holds none of {", ".join(REQUIRED_FILES)})')
     return folders
 
 

@@ -4,10 +4,10 @@
     python scripts/reproduce.py mobilenetv3_small_xsep_k7_100.cifar10 --data-source /path/to/cifar10
 
 Each model is created with `timm.create_model(name, pretrained=True)` (the local Hub folder in
-hub_cards/, else the Hub) and tested on its dataset's whole test split: the shared CIFAR-10 copy
-next to this repository when it is there, the Hub dataset otherwise. Exits with status 1 when a
-measurement differs from its card on the same test data; on other data (the Hub's lossless
-CIFAR-10 against a card measured on the JPEG copy) the two are shown side by side, not compared.
+hub_cards/, else the Hub) and tested on its dataset's whole test split: the Hub dataset, or the local
+copy in the Hub layout given with --data-source. Exits with status 1 when a measurement differs from
+its card on the same test data; on other data (the Hub's lossless CIFAR-10 against a card measured on
+a JPEG copy) the two are shown side by side, not compared.
 """
 import argparse
 import json
@@ -22,7 +22,6 @@ from xsep_zoo.engine import evaluate_model
 from xsep_zoo.hub import CONFIG_NAME, WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / 'shared' / 'datasets'  # local copies, where this workplace has them
 DEFAULT_MODELS = ('mobilenetv3_small_xsep', 'mobilenetv3_small_dw_100')
 
 
@@ -42,7 +41,7 @@ def _same_data(used: str, card_source, hub_id: str) -> bool:
 def main(argv=None) -> bool:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('models', nargs='*', default=DEFAULT_MODELS, help='model names, optionally name.tag')
-    p.add_argument('--data-source', help=f'local dataset folder (default: {SHARED_DATA}/<dataset> if present)')
+    p.add_argument('--data-source', help="local copy of the models' dataset in the Hub layout (default: the Hub)")
     args = p.parse_args(argv)
 
     rows, all_equal, tests = [], True, {}
@@ -52,8 +51,7 @@ def main(argv=None) -> bool:
             card = card_results(model)
             dataset = card['dataset']
             if dataset not in tests:
-                local = SHARED_DATA / dataset
-                source = args.data_source or (str(local) if local.is_dir() else None)
+                source = args.data_source
                 tests[dataset] = (load_test(dataset, source=source), source or DATASETS[dataset].hub_id)
         except (WeightsError, DataError) as e:
             sys.exit(str(e))

@@ -3,8 +3,7 @@
     accelerate launch scripts/train.py --model mobilenetv3_small_xsep_100 --dataset cifar10 --output-dir runs/x
     python scripts/train.py ... --data-source ../shared/datasets/cifar10       # a local copy, offline
     python scripts/train.py --output-dir runs/x --resume                         # continue a killed run
-    python scripts/train.py --output-dir runs/x --resume --time-limit 150        # a piece of a long run
-    python scripts/train.py ... --runs-at-once 2                                 # one of two trainings sharing the CPU
+    python scripts/train.py --output-dir runs/x --resume --time-limit 150        # stop, checkpointed, within 150 min
 
 The defaults are the paper's recipe for the dataset (SGD 0.9, wd 6e-5, batch 128, 5 warm-up
 epochs then cosine; lr 0.35 and 400 epochs for CIFAR, 0.35 and 20 for SVHN, 0.15 and 200 for
@@ -68,7 +67,7 @@ LIMITS = {
     'test_limit': (lambda v: v is None or v >= 1, 'at least 1'),
 }
 # What a resumed run may set differently from the run it continues: where it is, and how fast it runs.
-RESUME_FREE = ('resume', 'output_dir', 'compile', 'time_limit', 'runs_at_once')
+RESUME_FREE = ('resume', 'output_dir', 'compile', 'time_limit')
 COMPILE_MODES = ('off', 'default', 'reduce-overhead', 'max-autotune')
 EMA_NAME = 'ema.safetensors'  # in each checkpoint, beside Accelerate's files
 
@@ -87,9 +86,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--time-limit', type=float, metavar='MINUTES',
                    help='stop, checkpointed, after the last epoch that ends within this many minutes (at least one '
                         'epoch runs); continue with --resume')
-    p.add_argument('--runs-at-once', type=int, default=1, metavar='N',
-                   help='trainings sharing this machine, this one included (default 1); logged with every epoch, '
-                        'since epoch times depend on it')
     g = p.add_argument_group('recipe (default: the paper\'s, per dataset)')
     g.add_argument('--epochs', type=int)
     g.add_argument('--warmup-epochs', type=int)
@@ -114,8 +110,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.time_limit is not None and args.time_limit <= 0:
         p.error(f'--time-limit must be a positive number of minutes, not {args.time_limit:g}')
-    if args.runs_at_once < 1:
-        p.error(f'--runs-at-once counts this training too: 1 or more, not {args.runs_at_once}')
     return args
 
 
@@ -310,9 +304,9 @@ class TimeLimit:
 
 
 def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: str = 'off',
-                      time_limit=None, runs_at_once: int = 1) -> None:
+                      time_limit=None) -> None:
     limit = TimeLimit(time_limit)
-    # First, before any op starts the thread pool. Values below 1.2e-38 become 0 (scripts/subnormal_speed.py).
+    # First, before any op starts the thread pool: values below 1.2e-38 become 0 (see flush_subnormals).
     flushed = flush_subnormals()
     accelerator = Accelerator(mixed_precision=config['mixed_precision'])
     flush_denormal = accelerator.device.type == 'cpu' and flushed
@@ -383,8 +377,8 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         _truncate_log(log_path, start_epoch)
         for stale in run_dir.glob('checkpoints/.tmp-*'):
             shutil.rmtree(stale)
-    # Logged with every epoch: a resumed run may continue on another machine, or beside other runs.
-    where = dict(machine=describe_machine(world), runs_at_once=runs_at_once, flush_denormal=flush_denormal)
+    # Logged with every epoch: a resumed run may continue on another machine.
+    where = dict(machine=describe_machine(world), flush_denormal=flush_denormal)
     accelerator.print(f'{config["model"]} on {config["dataset"]}: {len(train)} train / {len(test)} test images, '
                       f'{steps_per_epoch} steps per epoch, epochs {start_epoch + 1}..{config["epochs"]}')
 
@@ -446,7 +440,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = resolve_config(args)
-    training_function(config, args.output_dir, args.resume, args.compile, args.time_limit, args.runs_at_once)
+    training_function(config, args.output_dir, args.resume, args.compile, args.time_limit)
 
 
 if __name__ == '__main__':

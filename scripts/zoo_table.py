@@ -13,31 +13,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from timm.models import model_entrypoint
-
-import xsep_zoo  # noqa: F401  registers the models
 from readme_section import print_and_write
+from xsep_zoo import MODELS
 from xsep_zoo.hub import CONFIG_NAME, local_hub_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = 'zoo-table'
 PLOT_NAME = 'zoo_top1_vs_macs.png'
-# What in the paper each model corresponds to, by the part of its name after 'mobilenetv3_small_'.
-PAPER = {
-    'dw': 'Table 1, Fig. 3 (DWConv)', 'xsep': 'Table 1, Fig. 3 (XSepConv)',
-    'dw_k7': 'Fig. 5 (DWConv 7x7)', 'xsep_k7': 'Fig. 5 (XSepConv k=7)',
-    'dw_ds7': 'Fig. 4 (DWConv 7x7 downsampling)', 'xsep_ds7': 'Fig. 4 (downsampling XSepConv)',
-    'xsep_no2x2': 'Table 2, Fig. 7 (w/o 2x2 DW)', 'xsep_b': 'Table 3, Fig. 7 (XSepConv-B)',
-    'xsep_p': 'Table 3, Fig. 7 (XSepConv-P)', 'xsep_sympad': 'Table 3 (Original-Padding)',
-    'xsep_asympad': 'not in the paper (one-sided padding)',
-}
-
-
-def variant(architecture: str) -> str:
-    """'mobilenetv3_small_xsep_k7_100' -> 'xsep_k7'."""
-    return architecture.removeprefix('mobilenetv3_small_').rsplit('_', 1)[0]
-
-
 def load_results(root: Path) -> list[dict]:
     rows = []
     for config_path in sorted(root.glob(f'*/{CONFIG_NAME}')):
@@ -66,9 +48,9 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
         '|---|---|---:|---:|---:|---:|---:|---:|---|',
     ]
     for r in rows:
-        doc = model_entrypoint(r['architecture']).__doc__.strip()
-        lines.append(f'| `{r["folder"]}` | {doc} | {r["epochs"]} | {r["seed"]} | {r["top1"]:.2f} | {r["top5"]:.2f} '
-                     f'| {r["macs"] / 1e6:.2f} | {r["params"] / 1e6:.3f} | {PAPER[variant(r["architecture"])]} |')
+        model = MODELS[r['architecture']]
+        lines.append(f'| `{r["folder"]}` | {model.description} | {r["epochs"]} | {r["seed"]} | {r["top1"]:.2f} '
+                     f'| {r["top5"]:.2f} | {r["macs"] / 1e6:.2f} | {r["params"] / 1e6:.3f} | {model.paper} |')
     for (architecture, epochs), runs in _seeds_of_one_recipe(rows).items():
         if len(runs) > 1:
             top1 = [r['top1'] for r in runs]
@@ -121,9 +103,10 @@ def plot(rows: list[dict], path: Path) -> None:
     series = defaultdict(lambda: defaultdict(list))
     labelled = []  # (MACs, top-1, label) of the hollow markers
     for r in rows:
-        v = variant(r['architecture'])
-        kind = 'XSepConv' if v.startswith('xsep') else 'DWConv'
-        if v in ('dw', 'xsep'):
+        model = MODELS[r['architecture']]
+        v = model.arch
+        kind = 'XSepConv' if model.dw_partner else 'DWConv'  # only the baselines have no DW partner
+        if v in ('dw', 'xsep'):  # the width sweep of Fig. 3
             series[kind, r['epochs']][r['macs'] / 1e6].append(r['top1'])
             continue
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',

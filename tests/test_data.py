@@ -1,4 +1,4 @@
-"""The data path: the four schemas on small Hub-layout folders, the shared CIFAR-10, and the batch transforms."""
+"""The data path: the four schemas on small Hub-layout folders, the real CIFAR-10 copy, and the batch transforms."""
 import dataclasses
 import io
 import re
@@ -312,29 +312,29 @@ def test_undecodable_image_names_the_row(tmp_path):
         load_train('svhn', tmp_path / 'svhn', limit=4)
 
 
-# --- the shared CIFAR-10 copy -------------------------------------------------------------------
+# --- the real CIFAR-10 copy --------------------------------------------------------------------
 
-def test_shared_cifar10(cifar10_dir):  # the fixture (conftest.py) finds the shared copy
-    test = load_test('cifar10', cifar10_dir, limit=20_000)  # more than it has: all 10,000 rows, in order
+def test_real_cifar10(real_cifar10):  # the copy the cards were measured on (conftest.py)
+    test = load_test('cifar10', real_cifar10, limit=20_000)  # more than it has: all 10,000 rows, in order
     assert test.images.shape == (10_000, 3, 32, 32) and test.images.dtype == torch.uint8
     assert test.labels.dtype == torch.int64 and test.labels.bincount().tolist() == [1000] * 10
     assert test.classes == constants.CIFAR10_LABELS
-    reference = datasets.load_dataset(str(cifar10_dir), split='test')
+    reference = datasets.load_dataset(str(real_cifar10), split='test')
     for i in (0, 4321, 9999):
         row = reference[i]
         assert torch.equal(test.images[i], torch.from_numpy(np.array(row['img'])).permute(2, 0, 1))
         assert test.labels[i] == row['label']
 
-    subset = load_test('cifar10', cifar10_dir, limit=200, seed=0)
+    subset = load_test('cifar10', real_cifar10, limit=200, seed=0)
     assert len(subset) == 200 and len(subset.labels.unique()) == 10  # the split is sorted by class
     rows = {img.numpy().tobytes(): i for i, img in enumerate(test.images)}
     picked = [rows[img.numpy().tobytes()] for img in subset.images]
     assert picked == sorted(picked) and len(set(picked)) == 200
     assert torch.equal(subset.labels, test.labels[picked])
-    assert torch.equal(load_test('cifar10', cifar10_dir, limit=200, seed=0).images, subset.images)
-    assert not torch.equal(load_test('cifar10', cifar10_dir, limit=200, seed=1).labels, subset.labels)
+    assert torch.equal(load_test('cifar10', real_cifar10, limit=200, seed=0).images, subset.images)
+    assert not torch.equal(load_test('cifar10', real_cifar10, limit=200, seed=1).labels, subset.labels)
 
-    train = load_train('cifar10', cifar10_dir, limit=2000)
+    train = load_train('cifar10', real_cifar10, limit=2000)
     assert train.images.shape == (2000, 3, 32, 32) and 0 <= train.labels.min() and train.labels.max() <= 9
     x = normalize(train.images, DATASETS['cifar10'])
     # the JPEG copy's std is about 0.002 below the reference values the spec holds

@@ -270,8 +270,8 @@ def test_push_script_uploads_only_the_allow_listed_files(fake_hub, tmp_path, mon
 def test_push_script_dry_run_lists_what_goes_and_what_stays(fake_hub, tmp_path, capsys):
     folder, hub_files = _planted_folder(tmp_path)
     root = folder.parent
-    training = root / f"{HUB_CARD}_e400"  # a run still training keeps its state in its Hub folder-to-be
-    _make_repo(root, training.name, {"last-checkpoint/checkpoints/latest.json": b"{}"})
+    training = root / "notes"  # not a Hub folder
+    _make_repo(root, training.name, {"todo.txt": b"publish the e400 runs"})
     push = _push_script()
 
     push.main([str(folder), "--org", "xsep-test", "--dry-run"])
@@ -280,8 +280,7 @@ def test_push_script_dry_run_lists_what_goes_and_what_stays(fake_hub, tmp_path, 
 
     push.main(["--all", "--hub-root", str(root), "--org", "xsep-test", "--dry-run"])
     assert capsys.readouterr().out.splitlines() == [
-        f"skipping {training}: it holds only last-checkpoint/, none of model.safetensors, config.json, README.md"
-        " (not a Hub folder)",
+        f"skipping {training}: not a Hub folder (holds none of model.safetensors, config.json, README.md)",
         LEFT_OUT,
         would_push,
     ]

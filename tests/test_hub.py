@@ -10,7 +10,7 @@ import timm
 
 from xsep_zoo.hub import WeightsError
 
-from conftest import MODEL, run_script
+from conftest import MODEL, ROOT, run_script
 
 REPO = f'xsep-zoo/{MODEL}.cifar10'
 TOKEN = 'hf_secret_token_for_tests_0123456789'
@@ -35,6 +35,30 @@ def _serve(exported, fake_hub):
 
 def _client_env(script_env, fake_hub, tmp_path, token=None):
     return {**script_env, **fake_hub.client_env(tmp_path / 'hf_home', token=token)}
+
+
+# What `pip install xsep-zoo` (without the [train] extra) must be enough for: the extras' packages are made
+# unimportable (None in sys.modules: `import` raises ImportError, importlib.util.find_spec finds nothing).
+WITHOUT_TRAINING_EXTRAS = """
+import sys
+blocked = ('accelerate', 'datasets', 'pyarrow', 'pandas', 'matplotlib', 'onnx', 'onnxruntime', 'onnxscript')
+sys.modules.update(dict.fromkeys(blocked))
+import timm, torch, xsep_zoo
+from xsep_zoo.hub import load_weights_file
+model = timm.create_model(sys.argv[1], pretrained=True).eval()
+expected = load_weights_file(sys.argv[2])
+assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items()), 'weights differ'
+print(model(torch.zeros(1, 3, 32, 32)).shape)
+"""
+
+
+def test_loading_a_pretrained_model_needs_no_training_extra(script_env):
+    folder = ROOT / 'hub_cards' / f'{MODEL}.cifar10'  # one of the zoo's published models
+    env = dict(script_env, XSEP_ZOO_HUB_DIR=str(folder.parent))
+    result = subprocess.run([sys.executable, '-c', WITHOUT_TRAINING_EXTRAS, MODEL, str(folder / 'model.safetensors')],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == 'torch.Size([1, 10])'
 
 
 @pytest.mark.parametrize('name', [MODEL, f'{MODEL}.cifar10', f'hf-hub:{REPO}'])
@@ -181,17 +205,19 @@ def test_push_publishes_the_folder(exported, fake_hub, script_env, tmp_path):
     assert not [p for p in (tmp_path / 'hf_home').rglob('*') if p.is_file() and TOKEN.encode() in p.read_bytes()]
 
 
-def test_push_all_skips_a_run_still_training_and_refuses_a_half_folder(exported, script_env, tmp_path):
-    root, unfinished = tmp_path / 'hub_root', tmp_path / 'hub_root' / f'{MODEL}.cifar10_e400'
+def test_push_all_skips_a_folder_that_is_not_a_hub_folder_and_refuses_a_half_folder(exported, script_env, tmp_path):
+    root, other = tmp_path / 'hub_root', tmp_path / 'hub_root' / 'notes'
     shutil.copytree(exported, root / exported.name)
-    (unfinished / 'last-checkpoint' / 'checkpoints').mkdir(parents=True)
+    (other / 'drafts').mkdir(parents=True)
+    (other / 'todo.txt').write_text('not a model')
     result = run_script('push.py', '--all', '--dry-run', '--hub-root', root, env=script_env)
     assert f'would push {root / exported.name} -> ' in result.stdout
-    assert f'skipping {unfinished}: it holds only last-checkpoint/' in result.stdout
-    assert f'{unfinished} ->' not in result.stdout
-    (unfinished / 'README.md').write_text('a card without weights')
+    assert f'skipping {other}: not a Hub folder (holds none of model.safetensors, config.json, README.md)' \
+        in result.stdout
+    assert f'{other} ->' not in result.stdout
+    (other / 'README.md').write_text('a card without weights')
     refused = run_script('push.py', '--all', '--dry-run', '--hub-root', root, env=script_env, check=False)
-    assert refused.returncode != 0 and f'{unfinished}: not a Hub folder, missing model.safetensors' in refused.stderr
+    assert refused.returncode != 0 and f'{other}: not a Hub folder, missing model.safetensors' in refused.stderr
 
 
 def test_push_refuses_a_damaged_folder_and_a_missing_token(exported, fake_hub, script_env, tmp_path):

@@ -7,6 +7,7 @@ from timm.models.mobilenetv3 import MobileNetV3
 import xsep_zoo
 from xsep_zoo import count_cost
 from xsep_zoo.mobilenetv3_xsep import DOWN, LAST, MID
+from xsep_zoo.pretrained import published_tags
 
 ALL_MODELS = sorted(set(timm.list_models('mobilenetv3_small_dw_*') + timm.list_models('mobilenetv3_small_xsep*')))
 # (XSepConv model, the baseline it is compared with)
@@ -25,6 +26,7 @@ def test_registry_lists_the_whole_family():
     assert len(ALL_MODELS) == 18
     assert 'mobilenetv3_small_xsep' in timm.list_models('*xsep*')
     assert {x for p in PAIRS for x in p} == set(xsep_zoo.MODEL_NAMES)
+    assert {(name, m.dw_partner) for name, m in xsep_zoo.MODELS.items() if m.dw_partner} == set(PAIRS)
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)
@@ -171,13 +173,14 @@ def test_grad_checkpointing_gives_the_same_gradients():
 def test_pretrained_cfg():
     for name in xsep_zoo.MODEL_NAMES:
         cfg = timm.create_model(name).pretrained_cfg
-        assert cfg['hf_hub_id'] == f'xsep-zoo/{name}.cifar10'
-        assert cfg['tag'] == 'cifar10' and cfg['architecture'] == name
+        default = (published_tags(name) or ['untrained'])[0]  # the best published weights (tests/test_registry.py)
+        assert cfg.get('hf_hub_id') == (f'xsep-zoo/{name}.{default}' if default != 'untrained' else None)
+        assert cfg['tag'] == default and cfg['architecture'] == name
         assert cfg['num_classes'] == 10 and cfg['input_size'] == (3, 32, 32)
         assert cfg['license'] == 'apache-2.0' and cfg['paper_ids'] == 'arXiv:2002.12046'
         assert len(cfg['mean']) == len(cfg['std']) == 3
     assert timm.create_model('mobilenetv3_small_xsep').pretrained_cfg['hf_hub_id'] == \
-        'xsep-zoo/mobilenetv3_small_xsep_100.cifar10'
+        'xsep-zoo/mobilenetv3_small_xsep_100.cifar10_e400'
     assert 'mobilenetv3_small_xsep_100.cifar10' in timm.list_pretrained('*xsep*')
 
 

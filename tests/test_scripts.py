@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
-from safetensors.torch import save_file
 
 import xsep_zoo  # noqa: F401  (registers the models)
 
@@ -85,55 +83,6 @@ def test_zoo_plot_labels_of_close_variants_do_not_overlap():
     assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
 
 
-def test_train_queue_guesses_epochs_from_whole_runs(tmp_path, monkeypatch):
-    train_queue = _load_script('train_queue')
-    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
-    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
-    assert train_queue.epoch_seconds(parallel=1) == 180.0  # nothing logged yet
-    for name, seconds in (('a.cifar10.seed0', [250] * 19 + [500]), ('b.cifar10.seed0', [300] * 10)):
-        (tmp_path / 'runs' / name).mkdir(parents=True)
-        log = ''.join(json.dumps(dict(seconds=t)) + '\n' for t in seconds)
-        (tmp_path / 'runs' / name / 'log.jsonl').write_text(log)
-    assert train_queue.epoch_seconds(parallel=1) == 300.0  # one slow epoch of run a does not set the guess
-    assert train_queue.seconds_needed('b', 0, parallel=2) == 10 * 300.0 + 120
-    assert train_queue.seconds_needed('b', 0, parallel=3) == 10 * 300.0 * 1.5 + 120  # 3 runs share 2 cores
-
-
-def test_train_queue_takes_runs_at_the_same_parallelism_as_measured(tmp_path, monkeypatch):
-    train_queue = _load_script('train_queue')
-    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
-    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
-    for name, seconds, parallel in (('alone.cifar10.seed0', 300, None), ('three.cifar10.seed0', 390, 3)):
-        (tmp_path / 'runs' / name).mkdir(parents=True)
-        (tmp_path / 'runs' / name / 'log.jsonl').write_text(json.dumps(dict(seconds=seconds)) + '\n')
-        if parallel:
-            (tmp_path / 'runs' / f'{name}.queue.json').write_text(json.dumps(dict(parallel=parallel)))
-    assert train_queue.epoch_seconds(parallel=3) == 390.0  # measured three at once, not scaled again
-    assert train_queue.epoch_seconds(parallel=2) == 300.0  # the three-at-once run scaled to a core each: 260
-    assert train_queue.epoch_seconds(parallel=4) == 600.0  # nothing measured at 4: scaled, the slowest
-
-
-def test_train_queue_takes_the_runs_at_once_each_epoch_logged(tmp_path, monkeypatch):
-    train_queue = _load_script('train_queue')
-    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
-    monkeypatch.setattr(train_queue.os, 'cpu_count', lambda: 2)
-    (tmp_path / 'runs' / 'resumed.cifar10.seed0').mkdir(parents=True)
-    log = [dict(seconds=200, runs_at_once=1)] * 3 + [dict(seconds=330, runs_at_once=2)]
-    (tmp_path / 'runs' / 'resumed.cifar10.seed0' / 'log.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in log))
-    assert train_queue.epoch_seconds(parallel=1) == 200.0  # not the mean of all four epochs
-    assert train_queue.epoch_seconds(parallel=2) == 330.0
-
-
-def test_train_queue_tells_each_run_how_many_share_the_cpu(tmp_path, monkeypatch):
-    train_queue = _load_script('train_queue')
-    monkeypatch.setattr(train_queue, 'ROOT', tmp_path)
-    started = []
-    monkeypatch.setattr(train_queue.subprocess, 'Popen', lambda args, **kwargs: started.append((args, kwargs['env'])))
-    train_queue.start('mobilenetv3_small_dw_100', 0, parallel=2)
-    (args, env), = started
-    assert args[args.index('--runs-at-once') + 1] == '2' and env['OMP_NUM_THREADS'] == '1'
-
-
 def test_export_shows_paths_from_the_repository_root():
     export = _load_script('export')
     assert export.portable(str(ROOT / 'scripts' / 'train.py')) == 'scripts/train.py'
@@ -142,10 +91,29 @@ def test_export_shows_paths_from_the_repository_root():
         assert export.portable(str(ROOT.parent / 'shared' / 'datasets' / 'cifar10')) == '../shared/datasets/cifar10'
     assert export.portable('/proc/cpuinfo') == '/proc/cpuinfo'  # outside the checkout's folder: kept
     assert export.portable('runs/x') == 'runs/x' and export.portable(None) is None and export.portable(0.35) == 0.35
-    # the first stretch of a long run: the card's command trains all of it
+    # the first stretch of a long run: the card's command trains all of it (older runs also recorded --runs-at-once)
     first_stretch = (f'{ROOT}/scripts/train.py --model m --seed 0 --time-limit 148 --output-dir {ROOT}/runs/r '
                      '--runs-at-once=2')
     assert export._portable_command(first_stretch) == 'scripts/train.py --model m --seed 0 --output-dir runs/r'
+    assert export._portable_command('train.py --runs-at-once 2 --seed 1 --time-limit=9') == 'train.py --seed 1'
+
+
+def test_export_names_each_machine_once_per_stretch_of_epochs():
+    export = _load_script('export')
+    record = {'machine': 'CPU A, 1 thread x 1 process, torch 2'}
+    # older log lines: the first without a machine, and with how many runs shared it and the float mode
+    log = [dict(epoch=1, seconds=3600), dict(epoch=2, seconds=1800, machine=record['machine'], runs_at_once=2),
+           dict(epoch=3, seconds=360, machine='1 x GPU, torch 2', runs_at_once=2, flush_denormal=False),
+           dict(epoch=4, seconds=3600, machine=record['machine'], flush_denormal=True),
+           dict(epoch=5, seconds=3600, machine=record['machine'], flush_denormal=False)]
+    stretches = export._stretches(record, log)
+    assert stretches == [dict(machine=record['machine'], epochs=[1, 2], seconds=5400),
+                         dict(machine='1 x GPU, torch 2', epochs=[3, 3], seconds=360),
+                         dict(machine=record['machine'], epochs=[4, 5], seconds=7200)]
+    assert export._where_trained(stretches) == ('CPU A, 1 thread x 1 process, torch 2 (epochs 1-2, 1.50 h); '
+                                                '1 x GPU, torch 2 (epoch 3, 0.10 h); '
+                                                'CPU A, 1 thread x 1 process, torch 2 (epochs 4-5, 2.00 h)')
+    assert export._where_trained(export._stretches(record, log[:2])) == record['machine']
 
 
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
@@ -215,45 +183,3 @@ def test_readme_benchmark_tables_come_from_the_script(section):
     body = readme.split(start)[1].split(end)[0]
     assert body.lstrip().startswith('Measured on') and '`python scripts/benchmark.py' in body
     assert 'XSepConv / DW ratios' in body and 'Per layer' in body
-
-
-def test_readme_subnormal_table_comes_from_the_script():
-    readme = (ROOT / 'README.md').read_text()
-    body = readme.split('<!-- subnormal-speed:start -->')[1].split('<!-- subnormal-speed:end -->')[0]
-    assert 'written by `python scripts/subnormal_speed.py' in body and '| slowdown |' in body
-    assert '| `mobilenetv3_small_xsep_100` |' in body
-
-
-def test_subnormal_speed_reads_an_exported_hub_folder(script_env):
-    """The README's table is measured on the published weights, whose config.json is timm's, not a run's."""
-    folder = ROOT / 'hub_cards' / 'mobilenetv3_small_xsep_100.cifar10_e400'
-    table = run_script('subnormal_speed.py', folder, '--batch-size', '8', '--rounds', '1', '--steps', '1',
-                       env=script_env).stdout
-    rows = [line.split(' | ')[:2] for line in table.splitlines() if line.startswith('| `')]
-    name = '| `mobilenetv3_small_xsep_100`'
-    assert rows == [[name, f'`{folder / "model.safetensors"}`'], [name, 'fresh']]
-
-
-def test_subnormal_speed_counts_the_subnormal_weights_and_times_both_modes(tmp_path, script_env):
-    run = tmp_path / 'run'
-    run.mkdir()
-    config = {'config': {'model': 'mobilenetv3_small_xsep_050', 'dataset': 'cifar10'}}
-    (run / 'config.json').write_text(json.dumps(config))
-    state = timm.create_model('mobilenetv3_small_xsep_050', num_classes=10).state_dict()
-    state['blocks.2.1.conv_dw.conv_2x2.weight'].view(-1)[:3] = 1e-40
-    save_file({k: v.contiguous() for k, v in state.items()}, run / 'model.safetensors')
-    readme = tmp_path / 'README.md'
-    readme.write_text('no section yet\n')
-    refused = run_script('subnormal_speed.py', run, '--readme', readme, env=script_env, check=False)
-    assert refused.returncode != 0 and 'expected exactly one <!-- subnormal-speed:start -->' in refused.stderr
-    readme.write_text('<!-- subnormal-speed:start -->\n<!-- subnormal-speed:end -->\n')
-
-    table = run_script('subnormal_speed.py', run, '--batch-size', '16', '--rounds', '1', '--steps', '1',
-                       '--readme', readme, env=script_env).stdout
-    rows = [line.split(' | ') for line in table.splitlines() if line.startswith('| `')]
-    total = sum(v.numel() for v in state.values() if v.is_floating_point())
-    assert [(row[1], row[2]) for row in rows] == [(f'`{run / "model.safetensors"}`', f'3 of {total:,}'),
-                                                  ('fresh', f'0 of {total:,}')]
-    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
-    assert f'`python scripts/subnormal_speed.py {run} --batch-size 16 --rounds 1 --steps 1`' in table
-    assert table in readme.read_text()

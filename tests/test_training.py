@@ -88,59 +88,11 @@ def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_
     assert 'stopped after epoch 1' in stopped.stdout
     assert [e['epoch'] for e in _log(run_dir)] == [1] and not (run_dir / 'model.safetensors').exists()
     assert json.loads((run_dir / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
-    run_script('train.py', '--output-dir', run_dir, '--resume', '--time-limit', '60', '--runs-at-once', '2',
-               env=script_env)
-    assert [(e['epoch'], e['runs_at_once']) for e in _log(run_dir)] == [(1, 1), (2, 2)]
+    run_script('train.py', '--output-dir', run_dir, '--resume', '--time-limit', '60', env=script_env)
+    assert [e['epoch'] for e in _log(run_dir)] == [1, 2]
     resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
-
-
-def test_a_run_continues_in_another_session_from_its_saved_state(trained_run, tmp_path, script_env, cifar10_dir):
-    run_dir, state = tmp_path / 'runs' / 'long', tmp_path / 'hub' / f'{MODEL}.cifar10_long' / 'last-checkpoint'
-    args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
-    run_script('train.py', *args, '--time-limit', '0.01', env=script_env)  # the first session: epoch 1
-    saved = run_script('run_state.py', 'save', run_dir, state, env=script_env)
-    assert 'saved epoch 1' in saved.stdout
-    assert sorted(p.relative_to(state).as_posix() for p in state.rglob('*') if p.is_file()) == [
-        'checkpoints/epoch-0001/model.safetensors',
-        'checkpoints/epoch-0001/optimizer.bin', 'checkpoints/epoch-0001/progress.json',
-        'checkpoints/epoch-0001/random_states_0.pkl', 'checkpoints/latest.json', 'config.json', 'log.jsonl']
-    assert 'kept it' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
-    unfinished = run_script('run_state.py', 'finished', run_dir, env=script_env, check=False)
-    assert unfinished.returncode == 1 and unfinished.stdout.strip() == f'{run_dir}: epoch 1 of 2'
-
-    shutil.rmtree(run_dir)  # the next session starts from a fresh clone: only the saved state is left
-    assert 'restored epoch 1' in run_script('run_state.py', 'restore', state, run_dir, env=script_env).stdout
-    run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env)
-    assert run_script('run_state.py', 'finished', run_dir, env=script_env).stdout.strip() == \
-        f'{run_dir}: finished, epoch 2 of 2'
-    resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
-    for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
-
-    assert 'saved epoch 2' in run_script('run_state.py', 'save', run_dir, state, env=script_env).stdout
-    assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
-    assert not (state / 'checkpoints' / 'epoch-0001').exists() and not list(state.parent.glob('.*'))
-    restored = tmp_path / 'restored'  # the last epoch's checkpoint, not yet the final weights
-    run_script('run_state.py', 'restore', state, restored, env=script_env)
-    weightless = run_script('run_state.py', 'finished', restored, env=script_env, check=False)
-    assert weightless.returncode == 1 and 'epoch 2 of 2, no model.safetensors yet' in weightless.stdout
-    behind = tmp_path / 'behind'
-    shutil.copytree(run_dir, behind)
-    (behind / 'checkpoints' / 'latest.json').write_text(json.dumps({'checkpoint': 'epoch-0001', 'epochs_done': 1}))
-    refused = run_script('run_state.py', 'restore', state, behind, env=script_env, check=False)
-    assert refused.returncode != 0 and 'behind the saved state (2)' in refused.stderr
-    assert 'kept it' in run_script('run_state.py', 'save', behind, state, env=script_env).stdout  # never backwards
-    assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
-    other = json.loads((behind / 'config.json').read_text())
-    other['config']['seed'] = 4
-    (behind / 'config.json').write_text(json.dumps(other))
-    (behind / 'checkpoints' / 'latest.json').write_text(json.dumps({'checkpoint': 'epoch-0002', 'epochs_done': 3}))
-    for action in (['save', behind, state], ['restore', state, behind]):
-        mixed = run_script('run_state.py', *action, env=script_env, check=False)
-        assert mixed.returncode != 0 and 'different runs (their settings differ in seed)' in mixed.stderr
-    assert json.loads((state / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 2
 
 
 def test_a_run_being_trained_cannot_be_resumed_beside_it(tmp_path, script_env, cifar10_dir):
@@ -165,12 +117,6 @@ def test_resume_refuses_other_settings(trained_run, script_env):
     assert result.returncode != 0 and "'lr': (0.1, 0.2)" in result.stderr
 
 
-def test_runs_at_once_counts_the_run_itself(trained_run, script_env):
-    result = run_script('train.py', '--output-dir', trained_run, '--resume', '--runs-at-once', '0', env=script_env,
-                        check=False)
-    assert result.returncode != 0 and '--runs-at-once counts this training too: 1 or more, not 0' in result.stderr
-
-
 def test_export_writes_a_hub_folder(exported, trained_run):
     assert sorted(p.name for p in exported.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     config = json.loads((exported / 'config.json').read_text())
@@ -192,17 +138,18 @@ def test_export_writes_a_hub_folder(exported, trained_run):
     assert 'import xsep_zoo' in card and 'scripts/train.py' in card and 'scripts/eval.py' in card
     assert f'python scripts/train.py --model {MODEL}' in card  # run from the repository root, wherever it is
     assert 'arXiv:2002.12046' in card or '2002.12046' in card
-    assert results['runs_at_once'] == 1 and 'runs trained at once' not in card  # no record beside the run
+    log = _log(trained_run)
+    assert results['trained_on'] == [dict(machine=log[0]['machine'], epochs=[1, 2],
+                                          seconds=pytest.approx(log[0]['seconds'] + log[1]['seconds']))]
+    assert f"on {log[0]['machine']}, with:" in card  # where it trained, plainly: no scheduling, no float mode
 
 
-def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log, runs_at_once=None):
+def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log):
     """Export a copy of the shared run whose log lines `edit_log` rewrote; returns (results, card)."""
     run_dir = tmp_path / trained_run.name
     shutil.copytree(trained_run, run_dir)
     log = [edit_log(entry) for entry in _log(run_dir)]
     (run_dir / 'log.jsonl').write_text(''.join(json.dumps(entry) + '\n' for entry in log))
-    if runs_at_once is not None:  # as scripts/train_queue.py recorded it before epochs logged it
-        (run_dir.parent / f'{run_dir.name}.queue.json').write_text(json.dumps({'parallel': runs_at_once}))
     run_script('export.py', run_dir, '--hub-root', tmp_path / 'hub', '--data-source', cifar10_dir,
                '--test-limit', '256', env=script_env)
     folder = tmp_path / 'hub' / f'{MODEL}.cifar10'
@@ -210,7 +157,7 @@ def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log, runs_
 
 
 def test_every_epoch_logs_its_machine(trained_run):
-    assert all(e['machine'] and e['runs_at_once'] == 1 for e in _log(trained_run))
+    assert all(e['machine'] and 'runs_at_once' not in e for e in _log(trained_run))
 
 
 @x86_only
@@ -228,29 +175,21 @@ def test_flush_subnormals_holds_in_every_thread_only_when_called_before_the_pool
     assert result.stdout.strip() == str(not pool_first)
 
 
-def test_export_says_when_other_runs_shared_the_cpu(trained_run, tmp_path, script_env, cifar10_dir):
-    def as_logged_before_epochs_named_their_machine(entry):
-        return {k: v for k, v in entry.items() if k not in ('machine', 'runs_at_once', 'flush_denormal')}
+def test_export_names_each_machine_a_resumed_run_was_trained_on(trained_run, tmp_path, script_env, cifar10_dir):
+    def first_epoch_on_a_gpu_as_older_runs_logged_it(entry):
+        gpu = {'machine': '1 x Some GPU, torch 9', 'runs_at_once': 2, 'flush_denormal': False}
+        return {**entry, **gpu} if entry['epoch'] == 1 else entry
 
     results, card = _export_copy(trained_run, tmp_path, script_env, cifar10_dir,
-                                 as_logged_before_epochs_named_their_machine, runs_at_once=3)
-    assert results['runs_at_once'] == 3
-    assert ', one of 3 runs trained at once, with:' in card
-
-
-def test_export_names_each_machine_a_resumed_run_was_trained_on(trained_run, tmp_path, script_env, cifar10_dir):
-    def first_epoch_on_a_gpu(entry):
-        gpu = {'machine': '1 x Some GPU, torch 9', 'runs_at_once': 2, 'flush_denormal': False}
-        return {**entry, **gpu} if entry['epoch'] == 1 else {**entry, 'flush_denormal': True}
-
-    results, card = _export_copy(trained_run, tmp_path, script_env, cifar10_dir, first_epoch_on_a_gpu)
+                                 first_epoch_on_a_gpu_as_older_runs_logged_it)
     log = _log(trained_run)
-    assert [(s['machine'], s['runs_at_once'], s['flush_denormal'], s['epochs']) for s in results['trained_on']] == \
-        [('1 x Some GPU, torch 9', 2, False, [1, 1]), (log[1]['machine'], 1, True, [2, 2])]
-    assert results['runs_at_once'] == 2
+    assert [(s['machine'], s['epochs']) for s in results['trained_on']] == \
+        [('1 x Some GPU, torch 9', [1, 1]), (log[1]['machine'], [2, 2])]
+    assert 'runs_at_once' not in results
     gpu_hours, cpu_hours = log[0]['seconds'] / 3600, log[1]['seconds'] / 3600
-    assert (f"on 1 x Some GPU, torch 9, one of 2 runs trained at once (epoch 1, {gpu_hours:.2f} h); "
-            f"{log[1]['machine']}, subnormal floats flushed to zero (epoch 2, {cpu_hours:.2f} h), with:") in card
+    assert (f"on 1 x Some GPU, torch 9 (epoch 1, {gpu_hours:.2f} h); "
+            f"{log[1]['machine']} (epoch 2, {cpu_hours:.2f} h), with:") in card
+    assert 'at once' not in card and 'subnormal' not in card
 
 
 def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_path, script_env, cifar10_dir):
@@ -338,36 +277,6 @@ def test_export_refuses_an_existing_folder(exported, trained_run, script_env, ci
                         '--test-limit', '256', env=script_env, check=False)
     assert result.returncode != 0 and 'exists; pass --overwrite' in result.stderr
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == before
-
-
-def test_export_of_a_finished_long_run_replaces_only_its_own_saved_state(trained_run, tmp_path, script_env,
-                                                                           cifar10_dir):
-    hub_root = tmp_path / 'hub'
-    export = ['export.py', trained_run, '--tag', 'cifar10_long', '--hub-root', hub_root, '--data-source', cifar10_dir,
-              '--test-limit', '64']
-    folder = hub_root / f'{MODEL}.cifar10_long'
-    other = tmp_path / 'other_run'  # the same files, but the record of another run (seed 4)
-    shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns('.lock'))
-    record = json.loads((other / 'config.json').read_text())
-    record['config']['seed'] = 4
-    (other / 'config.json').write_text(json.dumps(record))
-    run_script('run_state.py', 'save', other, folder / 'last-checkpoint', env=script_env)
-    refused = run_script(*export, env=script_env, check=False)
-    assert refused.returncode != 0 and 'exists; pass --overwrite' in refused.stderr
-    assert [p.name for p in folder.iterdir()] == ['last-checkpoint']
-
-    shutil.rmtree(folder)
-    run_script('run_state.py', 'save', trained_run, folder / 'last-checkpoint', env=script_env)
-    assert run_script('run_state.py', 'published', folder, env=script_env, check=False).returncode == 1
-    result = run_script(*export, env=script_env)
-    assert 'replaces the saved state of this run' in result.stdout
-    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
-    # from now on the run is done: the CPU and GPU jobs skip it, and its state cannot come back
-    assert run_script('run_state.py', 'published', folder, env=script_env).stdout.strip() == \
-        f'{folder}: exported; nothing left to train'
-    resaved = run_script('run_state.py', 'save', trained_run, folder / 'last-checkpoint', env=script_env, check=False)
-    assert resaved.returncode != 0 and 'was not saved into it' in resaved.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
 
 
 @pytest.mark.parametrize('start', ['--pretrained', '--init-from'])
@@ -501,7 +410,7 @@ def test_resume_refuses_what_it_cannot_continue_and_changes_nothing(damage, trai
     ('--momentum', '5', '--momentum 5.0: must be in [0, 1)'),
     ('--drop-rate', '1', '--drop-rate 1.0: must be in [0, 1)'),
     ('--batch-size', '1024', '512 training images make no full batch of --batch-size 1024'),
-    ('--model', 'mobilenetv3_small_xsep_075', 'mobilenetv3_small_xsep_075.cifar10: no local folder'),
+    ('--model', 'mobilenetv3_small_xsep_075', 'mobilenetv3_small_xsep_075 has no published weights'),
 ])
 def test_impossible_settings_are_refused_before_anything_is_created(flag, value, message, tmp_path, script_env,
                                                                      cifar10_dir):

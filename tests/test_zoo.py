@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import timm
 
-from conftest import ROOT, run_script
+from conftest import ROOT, SMALL_CIFAR10_SIZES, run_script
 from xsep_zoo.data import DATASETS, load_test
 from xsep_zoo.engine import evaluate_model
 
@@ -13,7 +13,7 @@ PUBLISHED = sorted(p.parent for p in (ROOT / 'hub_cards').glob('*/config.json'))
 
 
 @pytest.mark.parametrize('folder', PUBLISHED, ids=lambda p: p.name)
-def test_published_model_matches_its_card(folder, cifar10_dir, monkeypatch):
+def test_published_model_matches_its_card(folder, real_cifar10, monkeypatch):
     monkeypatch.delenv('XSEP_ZOO_HUB_DIR', raising=False)
     config = json.loads((folder / 'config.json').read_text())
     card = config['xsep_zoo']
@@ -22,7 +22,7 @@ def test_published_model_matches_its_card(folder, cifar10_dir, monkeypatch):
     model = timm.create_model(name, pretrained=True)
     assert Path(model.pretrained_cfg['file']).parent == folder
     dataset = card['dataset']
-    test = load_test(dataset, source=cifar10_dir if dataset == 'cifar10' else None)
+    test = load_test(dataset, source=real_cifar10 if dataset == 'cifar10' else None)
     measured = evaluate_model(model, test, DATASETS[dataset])
     assert measured['count'] == len(test) == card['count']
     assert (measured['top1'], measured['top5']) == (card['top1'], card['top5'])
@@ -31,10 +31,11 @@ def test_published_model_matches_its_card(folder, cifar10_dir, monkeypatch):
 
 
 def test_reproduce_reports_a_card_it_does_not_match(exported, script_env, cifar10_dir):
-    # the test export was measured on 256 images, so the whole test split cannot reproduce it
+    # the test export was measured on 256 images, so the whole (small) test split cannot reproduce it
     env = dict(script_env, XSEP_ZOO_HUB_DIR=str(exported.parent))
     name = exported.name
     result = run_script('reproduce.py', name, '--data-source', cifar10_dir, env=env, check=False)
     assert result.returncode == 1, result.stderr
-    assert f'| `{name}` | cifar10 ({cifar10_dir}) |' in result.stdout and '| 10000 | NO |' in result.stdout
+    assert f'| `{name}` | cifar10 ({cifar10_dir}) |' in result.stdout
+    assert f'| {SMALL_CIFAR10_SIZES["test"]} | NO |' in result.stdout
     assert 'differs from its model card' in result.stderr

@@ -186,9 +186,11 @@ def _load_rows(spec: DatasetSpec, split: str, source: Source) -> tuple[datasets.
         path, kwargs, where = str(folder), _folder_kwargs(folder, spec), str(folder)
     try:
         builder = datasets.load_dataset_builder(path, **kwargs)
-    except FileNotFoundError as e:  # a local path or glob that matches nothing
-        if source is None:
-            raise
+    except (ConnectionError, FileNotFoundError) as e:
+        if source is None:  # offline, or the Hub unreachable
+            raise DataNotFoundError(
+                f'{spec.name}: the Hub dataset {spec.hub_id} could not be reached ({str(e).splitlines()[0]}); '
+                'connect to the Hub, or pass a local copy in the Hub layout (--data-source)') from e
         raise DataNotFoundError(f'{spec.name} split {split!r}: {e}; check the path') from e
     data_files = builder.config.data_files
     if data_files is not None and not isinstance(source, Mapping):

@@ -38,13 +38,6 @@ ARCHITECTURE_FIELDS = ('architecture', 'num_classes', 'num_features', 'global_po
 EXPORTED_KEY = 'exported_config'
 # set to 1 to load a Hub folder of one's own that records no checksum (say, saved by timm's save_for_hf)
 UNVERIFIED_ENV = 'XSEP_ZOO_ALLOW_UNVERIFIED'
-# where a run longer than one session keeps its latest checkpoint until it is exported (scripts/run_state.py)
-LAST_CHECKPOINT_DIR = 'last-checkpoint'
-
-
-def is_unfinished_run(folder: Path) -> bool:
-    """Whether a Hub folder holds nothing but the saved state of a run still training."""
-    return folder.is_dir() and [p.name for p in folder.iterdir()] == [LAST_CHECKPOINT_DIR]
 
 
 class WeightsError(RuntimeError):

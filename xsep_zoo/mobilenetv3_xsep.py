@@ -11,6 +11,7 @@ Tiny-ImageNet) as the paper's first author did: stem conv and first block at str
 stride 8, so 32x32 ends on a 4x4 map. `small_input=False` restores the ImageNet strides (32).
 """
 import re
+from dataclasses import dataclass
 from functools import partial
 from typing import Mapping, Optional, Union
 
@@ -27,11 +28,12 @@ from timm.models.mobilenetv3 import MobileNetV3
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ._checks import check_choice
-from .constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, HUB_ORG
+from .constants import HUB_ORG
 from .hub import WeightsError, pretrained_weights_overlay
+from .pretrained import DATASET_CFGS, PUBLISHED, UNTRAINED_TAG, check_weights_request, published_tags
 from .xsepconv import XSEP_VARIANTS, PaddedConv2x2, XSepConv, padding_plan
 
-__all__ = ['XSepMobileNetV3', 'ARCH_VARIANTS', 'MODEL_NAMES']
+__all__ = ['XSepMobileNetV3', 'ARCH_VARIANTS', 'FamilyModel', 'MODELS', 'MODEL_NAMES']
 
 Slot = tuple[int, int]  # (stage, block) in model.blocks
 
@@ -55,6 +57,70 @@ ARCH_VARIANTS: dict[str, dict] = {
     'xsep_sympad': dict(ops={MID: 'xsep5', LAST: 'xsep3'}, padding='symmetric'),
     'xsep_asympad': dict(ops={MID: 'xsep5', LAST: 'xsep3'}, padding='right_bottom'),
 }
+
+
+@dataclass(frozen=True)
+class FamilyModel:
+    """One registered model: an arch variant at a width, what it tests, and what it is compared with."""
+    arch: str  # a key of ARCH_VARIANTS
+    multiplier: float  # MobileNetV3-Small's width multiplier
+    description: str  # what it tests, one sentence
+    paper: str  # where the paper reports it
+    dw_partner: Optional[str] = None  # the DW baseline an XSepConv model is compared with; None for a baseline
+
+
+# The family: every registered name (the entrypoints below look themselves up here), for the registry, the
+# README and the scripts. Fig. 3 compares the four widths; Table 1 is width 1.0. Ablations compare with DW 1.0.
+MODELS: dict[str, FamilyModel] = {
+    'mobilenetv3_small_dw_050': FamilyModel(
+        'dw', 0.5, 'Baseline: MobileNetV3-Small 0.5 with its depthwise convs.', 'Fig. 3 (DWConv, width 0.5)'),
+    'mobilenetv3_small_dw_075': FamilyModel(
+        'dw', 0.75, 'Baseline: MobileNetV3-Small 0.75 with its depthwise convs.', 'Fig. 3 (DWConv, width 0.75)'),
+    'mobilenetv3_small_dw_100': FamilyModel(
+        'dw', 1.0, 'Baseline: MobileNetV3-Small 1.0 with its depthwise convs.', 'Table 1, Fig. 3 (DWConv)'),
+    'mobilenetv3_small_dw_125': FamilyModel(
+        'dw', 1.25, 'Baseline: MobileNetV3-Small 1.25 with its depthwise convs.', 'Fig. 3 (DWConv, width 1.25)'),
+    'mobilenetv3_small_xsep_050': FamilyModel(
+        'xsep', 0.5, "The paper's model at width 0.5: XSepConv k=5 in the middle stages, k=3 in the last.",
+        'Fig. 3 (XSepConv, width 0.5)', 'mobilenetv3_small_dw_050'),
+    'mobilenetv3_small_xsep_075': FamilyModel(
+        'xsep', 0.75, "The paper's model at width 0.75: XSepConv k=5 in the middle stages, k=3 in the last.",
+        'Fig. 3 (XSepConv, width 0.75)', 'mobilenetv3_small_dw_075'),
+    'mobilenetv3_small_xsep_100': FamilyModel(
+        'xsep', 1.0, "The paper's model: XSepConv k=5 in the middle stages, k=3 in the last.",
+        'Table 1, Fig. 3 (XSepConv)', 'mobilenetv3_small_dw_100'),
+    'mobilenetv3_small_xsep_125': FamilyModel(
+        'xsep', 1.25, "The paper's model at width 1.25: XSepConv k=5 in the middle stages, k=3 in the last.",
+        'Fig. 3 (XSepConv, width 1.25)', 'mobilenetv3_small_dw_125'),
+    'mobilenetv3_small_dw_k7_100': FamilyModel(
+        'dw_k7', 1.0, "Larger kernels, baseline: the middle stages' stride-1 depthwise convs at 7x7.",
+        'Fig. 5 (DWConv 7x7)'),
+    'mobilenetv3_small_xsep_k7_100': FamilyModel(
+        'xsep_k7', 1.0, "Larger kernels: the middle stages' stride-1 depthwise convs as XSepConv k=7.",
+        'Fig. 5 (XSepConv k=7)', 'mobilenetv3_small_dw_k7_100'),
+    'mobilenetv3_small_dw_ds7_100': FamilyModel(
+        'dw_ds7', 1.0, 'Downsampling, baseline: the first stride-2 depthwise conv at 7x7.',
+        'Fig. 4 (DWConv 7x7 downsampling)'),
+    'mobilenetv3_small_xsep_ds7_100': FamilyModel(
+        'xsep_ds7', 1.0, 'Downsampling: the first stride-2 depthwise conv as downsampling XSepConv k=7.',
+        'Fig. 4 (downsampling XSepConv)', 'mobilenetv3_small_dw_ds7_100'),
+    'mobilenetv3_small_xsep_no2x2_100': FamilyModel(
+        'xsep_no2x2', 1.0, 'Ablation: XSepConv without its 2x2 depthwise conv.',
+        'Table 2, Fig. 7 (w/o 2x2 DW)', 'mobilenetv3_small_dw_100'),
+    'mobilenetv3_small_xsep_b_100': FamilyModel(
+        'xsep_b', 1.0, 'Ablation: XSepConv-B, the 2x2 depthwise conv behind the separated convs.',
+        'Table 3, Fig. 7 (XSepConv-B)', 'mobilenetv3_small_dw_100'),
+    'mobilenetv3_small_xsep_p_100': FamilyModel(
+        'xsep_p', 1.0, 'Ablation: XSepConv-P, the 2x2 depthwise conv in parallel to the separated convs.',
+        'Table 3, Fig. 7 (XSepConv-P)', 'mobilenetv3_small_dw_100'),
+    'mobilenetv3_small_xsep_sympad_100': FamilyModel(
+        'xsep_sympad', 1.0, "Padding ablation: Wu et al.'s grouped symmetric padding on every 2x2 layer.",
+        'Table 3 (Original-Padding)', 'mobilenetv3_small_dw_100'),
+    'mobilenetv3_small_xsep_asympad_100': FamilyModel(
+        'xsep_asympad', 1.0, 'Padding ablation: plain right-bottom padding on every 2x2 layer.',
+        'not in the paper (one-sided padding)', 'mobilenetv3_small_dw_100'),
+}
+MODEL_NAMES = tuple(MODELS)  # kept for callers of earlier versions
 
 
 def _arch_def(first_stride: int) -> list[list[str]]:
@@ -167,16 +233,22 @@ class XSepMobileNetV3(MobileNetV3):
         return super().forward_intermediates(x, *args, **kwargs)
 
 
-def _create_mnv3_small(variant: str, arch: str, multiplier: float, pretrained: bool = False, **kwargs):
+def _create_mnv3_small(variant: str, pretrained: bool = False, **kwargs):
     """Build one family member: timm's MobileNetV3-Small kwargs, the arch variant's swaps, then weights."""
+    model_def = MODELS[variant]
     small_input = kwargs.pop('small_input', True)
+    requested = kwargs.get('pretrained_cfg')  # a tag ('name.tag'), a cfg of the caller's, or None for the default
+    if isinstance(requested, str) or (pretrained and requested is None and not kwargs.get('pretrained_cfg_overlay')):
+        # an unknown tag, or weights that were never published: say what is, before anything is downloaded
+        check_weights_request(variant, requested, pretrained)
     if pretrained and not kwargs.get('pretrained_cfg_overlay'):
         # the zoo's weights come from its local Hub folders or the Hub, checked against their sha256
-        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg')).to_dict()
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=requested).to_dict()
         overlay = pretrained_weights_overlay(cfg)
         if overlay is not None:
             kwargs['pretrained_cfg_overlay'] = overlay
-    arch_kwargs = {**ARCH_VARIANTS[arch], **kwargs}  # explicit kwargs override the variant's defaults
+    arch_kwargs = {**ARCH_VARIANTS[model_def.arch], **kwargs}  # explicit kwargs override the variant's defaults
+    multiplier = model_def.multiplier
     model_kwargs = dict(
         block_args=decode_arch_def(_arch_def(first_stride=1 if small_input else 2)),
         small_input=small_input,
@@ -206,140 +278,112 @@ def _create_mnv3_small(variant: str, arch: str, multiplier: float, pretrained: b
                            'the weights are for another architecture or width') from None
 
 
-def _cfg(model: str, tag: str = 'cifar10', **kwargs) -> dict:
+def _cfg(dataset: str = 'cifar10', **kwargs) -> dict:
     return {
-        'hf_hub_id': f'{HUB_ORG}/{model}.{tag}',
-        'num_classes': 10, 'input_size': (3, 32, 32), 'min_input_size': (3, 8, 8), 'pool_size': (4, 4),
-        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
-        'label_names': CIFAR10_LABELS, 'first_conv': 'conv_stem', 'classifier': 'classifier',
+        'input_size': (3, 32, 32), 'min_input_size': (3, 8, 8), 'pool_size': (4, 4),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', **DATASET_CFGS[dataset],
+        'first_conv': 'conv_stem', 'classifier': 'classifier',
         'license': 'apache-2.0', 'paper_ids': 'arXiv:2002.12046',
         'paper_name': 'XSepConv: Extremely Separated Convolution',
         **kwargs,
     }
 
 
-MODEL_NAMES = (
-    'mobilenetv3_small_dw_050', 'mobilenetv3_small_dw_075', 'mobilenetv3_small_dw_100', 'mobilenetv3_small_dw_125',
-    'mobilenetv3_small_xsep_050', 'mobilenetv3_small_xsep_075', 'mobilenetv3_small_xsep_100',
-    'mobilenetv3_small_xsep_125',
-    'mobilenetv3_small_dw_k7_100', 'mobilenetv3_small_xsep_k7_100',
-    'mobilenetv3_small_dw_ds7_100', 'mobilenetv3_small_xsep_ds7_100',
-    'mobilenetv3_small_xsep_no2x2_100', 'mobilenetv3_small_xsep_b_100', 'mobilenetv3_small_xsep_p_100',
-    'mobilenetv3_small_xsep_sympad_100', 'mobilenetv3_small_xsep_asympad_100',
-)
-
 default_cfgs = generate_default_cfgs({
-    **{f'{name}.cifar10': _cfg(name) for name in MODEL_NAMES},  # the first tag is each model's default
-    # the main pair is trained with a second seed too, and with the paper's full 400 epochs
-    **{f'{name}.{tag}': _cfg(name, tag=tag)
-       for name in ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
-       for tag in ('cifar10_seed1', 'cifar10_e400')},
+    # what is published (xsep_zoo/published.json), best first: timm's default is an architecture's first tag
+    **{f'{name}.{tag}': _cfg(PUBLISHED[f'{name}.{tag}']['dataset'], hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+       for name in MODELS for tag in published_tags(name)},
+    # the others have no weights yet: registered, as timm does, with its tag for that
+    **{f'{name}.{UNTRAINED_TAG}': _cfg() for name in MODELS if not published_tags(name)},
 })
 
 
 @register_model
 def mobilenetv3_small_dw_050(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Baseline: MobileNetV3-Small 0.5 with its depthwise convs."""
-    return _create_mnv3_small('mobilenetv3_small_dw_050', 'dw', 0.5, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_dw_050', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_dw_075(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Baseline: MobileNetV3-Small 0.75 with its depthwise convs."""
-    return _create_mnv3_small('mobilenetv3_small_dw_075', 'dw', 0.75, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_dw_075', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_dw_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Baseline: MobileNetV3-Small 1.0 with its depthwise convs."""
-    return _create_mnv3_small('mobilenetv3_small_dw_100', 'dw', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_dw_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_dw_125(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Baseline: MobileNetV3-Small 1.25 with its depthwise convs."""
-    return _create_mnv3_small('mobilenetv3_small_dw_125', 'dw', 1.25, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_dw_125', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_050(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """The paper's model at width 0.5: XSepConv k=5 in the middle stages, k=3 in the last."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_050', 'xsep', 0.5, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_050', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_075(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """The paper's model at width 0.75: XSepConv k=5 in the middle stages, k=3 in the last."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_075', 'xsep', 0.75, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_075', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """The paper's model: XSepConv k=5 in the middle stages, k=3 in the last."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_100', 'xsep', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_125(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """The paper's model at width 1.25: XSepConv k=5 in the middle stages, k=3 in the last."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_125', 'xsep', 1.25, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_125', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """The paper's model, width 1.0 (same as mobilenetv3_small_xsep_100)."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_100', 'xsep', 1.0, pretrained, **kwargs)
+    """The paper's model: another name for mobilenetv3_small_xsep_100, with its weights."""
+    return _create_mnv3_small('mobilenetv3_small_xsep_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_dw_k7_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Larger kernels, baseline: the middle stages' stride-1 depthwise convs at 7x7."""
-    return _create_mnv3_small('mobilenetv3_small_dw_k7_100', 'dw_k7', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_dw_k7_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_k7_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Larger kernels: the middle stages' stride-1 depthwise convs as XSepConv k=7."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_k7_100', 'xsep_k7', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_k7_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_dw_ds7_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Downsampling, baseline: the first stride-2 depthwise conv at 7x7."""
-    return _create_mnv3_small('mobilenetv3_small_dw_ds7_100', 'dw_ds7', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_dw_ds7_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_ds7_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Downsampling: the first stride-2 depthwise conv as downsampling XSepConv k=7."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_ds7_100', 'xsep_ds7', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_ds7_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_no2x2_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Ablation: XSepConv without its 2x2 depthwise conv."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_no2x2_100', 'xsep_no2x2', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_no2x2_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_b_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Ablation: XSepConv-B, the 2x2 depthwise conv behind the separated convs."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_b_100', 'xsep_b', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_b_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_p_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Ablation: XSepConv-P, the 2x2 depthwise conv in parallel to the separated convs."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_p_100', 'xsep_p', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_p_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_sympad_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Padding ablation: Wu et al.'s grouped symmetric padding on every 2x2 layer."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_sympad_100', 'xsep_sympad', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_sympad_100', pretrained, **kwargs)
 
 
 @register_model
 def mobilenetv3_small_xsep_asympad_100(pretrained: bool = False, **kwargs) -> XSepMobileNetV3:
-    """Padding ablation: plain right-bottom padding on every 2x2 layer."""
-    return _create_mnv3_small('mobilenetv3_small_xsep_asympad_100', 'xsep_asympad', 1.0, pretrained, **kwargs)
+    return _create_mnv3_small('mobilenetv3_small_xsep_asympad_100', pretrained, **kwargs)

@@ -38,7 +38,7 @@ class CardFacts:
     train_command: str
     eval_command: str
     train_seconds: float
-    train_machine: str
+    train_machine: str  # where it trained: one machine, or each machine with its epochs and hours
     license: str = 'apache-2.0'
     base_model: Optional[str] = None
 
