@@ -7,23 +7,25 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: run test zoo-table benchmark
 
+# evaluate the pretrained pair against their cards: on the Hub's CIFAR-10, or on a local copy with DATA=<folder>
 run: $(INSTALLED)
-	$(VENV)/bin/python scripts/reproduce.py
+	$(VENV)/bin/python scripts/reproduce.py $(if $(DATA),--data-source $(DATA))
 
 test: $(INSTALLED)
 	$(VENV)/bin/python -m pytest -q
 
-# regenerate the README's zoo table and plot from hub_cards/
+# rewrite every card (its comparison with the zoo), the README's zoo table and plot, and the family table
 zoo-table: $(INSTALLED)
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[plot]'
+	$(VENV)/bin/python scripts/export.py --refresh hub_cards/*/
 	$(VENV)/bin/python scripts/zoo_table.py --readme README.md
+	$(VENV)/bin/python scripts/model_table.py --readme docs/models.md
 
-# measure the zoo's speed on this CPU (quiet machine: takes several minutes) and rewrite the README table
+# measure the zoo's speed on this CPU (quiet machine: takes several minutes) and rewrite docs/speed.md
 benchmark: $(INSTALLED)
-	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --readme README.md
+	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --readme docs/speed.md
 	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --forms plain fused compiled --train-batch 0 \
 		--layer-batches --models mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100 \
-		--readme README.md --section benchmark-cpu-compiled
+		--readme docs/speed.md --section benchmark-cpu-compiled
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

@@ -1,12 +1,12 @@
 """Measure the data path against a training step: the project wants data under 10 % of a step.
 
-For CIFAR-10 (the shared copy) and Tiny-ImageNet-style data (synthetic 64x64 uint8: there is no
-local copy): the per-batch cost of index gather + augment + normalize, against one SGD step of
+For CIFAR-10 (the Hub's, or a local copy with --source) and Tiny-ImageNet-style data (synthetic
+64x64 uint8: the augmentation's cost does not depend on the pixels): the per-batch cost of index gather + augment + normalize, against one SGD step of
 `mobilenetv3_small_xsep_100` (channels_last, fp32) on the same batch size and crop size. The
 one-time decode of the CIFAR-10 train split is reported too.
 
-    python scripts/data_speed.py                      # markdown table to stdout
-    python scripts/data_speed.py --readme README.md   # also rewrite the data-speed section of the README
+    python scripts/data_speed.py --source $DATA                  # markdown table to stdout
+    python scripts/data_speed.py --readme docs/training.md       # also rewrite the data-speed section there
 """
 import argparse
 import os
@@ -25,7 +25,6 @@ from readme_section import check_section, print_and_write
 from xsep_zoo.data import DATASETS, DatasetSpec, ImageTensors, augment, load_train, normalize
 from xsep_zoo.engine import cpu_model
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTION = 'data-speed'
 
 
@@ -74,8 +73,7 @@ def step_ms(spec: DatasetSpec, batch_size: int, repeats: int, warmup: int) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--source', type=Path, default=ROOT.parent / 'shared' / 'datasets' / 'cifar10',
-                        help='CIFAR-10 folder in the Hub layout (default: ../shared/datasets/cifar10)')
+    parser.add_argument('--source', type=Path, help='a local CIFAR-10 copy in the Hub layout (default: the Hub)')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--data-repeats', type=int, default=200, help='timed data batches per dataset')
     parser.add_argument('--step-repeats', type=int, default=20, help='timed training steps per dataset')
@@ -99,14 +97,15 @@ def main() -> None:
                         torch.randint(tiny_spec.num_classes, (10_000,)))
 
     rows = []
-    for label, spec, data in (('CIFAR-10 (shared copy)', DATASETS['cifar10'], cifar),
+    for label, spec, data in (('CIFAR-10', DATASETS['cifar10'], cifar),
                               ('Tiny-ImageNet (synthetic 64x64)', tiny_spec, tiny)):
         data_t = data_ms(data, spec, args.batch_size, args.data_repeats)
         step_t = step_ms(spec, args.batch_size, args.step_repeats, warmup=3)
         rows.append(f'| {label} | `{spec.augmentation}` | {spec.image_size} -> {spec.train_size} '
                     f'| {data_t:.2f} | {step_t:.0f} | {100 * data_t / step_t:.2f} % |')
 
-    command = 'python scripts/data_speed.py' + (f' --threads {args.threads}' if args.threads else '')
+    command = 'python scripts/data_speed.py' + (' --source $DATA' if args.source else '') + (
+        f' --threads {args.threads}' if args.threads else '')
     table = '\n'.join([
         f'Data path vs. training step, batch {args.batch_size}, written by `{command}` on {cpu_model()} '
         f'(torch {torch.__version__}, {torch.get_num_threads()} intra-op threads). '

@@ -14,9 +14,12 @@ For each model and seed (the seed of scripts/train.py: the same init, data order
 - the top Hessian eigenvalue of that loss w.r.t. all parameters: power iteration on exact Hessian-vector
   products (double backward), with its change over the last iteration;
 - for --warmup-models, the same after --warmup-steps steps of the recipe (SGD 0.9, wd 6e-5, lr rising
-  linearly to --lr), with the loss trajectory (blown up: a loss above 1.5 ln 10 after step 50, or not
-  finite) and test top-1 on --test-limit images, with running and with batch BatchNorm statistics;
-- from the published Hub folders (--hub-root), the fraction of BatchNorm scales with |gamma| < 1e-3.
+  linearly to --lr): the first steps of scripts/train.py with that seed (its epoch-1 training loss is
+  reproduced exactly; a --train-limit subset is drawn with seed 0 here, with the run's seed there). Also
+  the loss trajectory (blown up: a loss above 1.5 ln 10 after step 50, or not finite) and test top-1 on
+  --test-limit images, with running and with batch BatchNorm statistics;
+- from the published Hub folders (--hub-root), the fraction of BatchNorm scales with |gamma| < 1e-3 (epochs and
+  seed from each folder's record, xsep_zoo.json).
 --docs writes a page comparing DW and every XSepConv variant; its verdicts on the hypotheses are computed
 from the numbers with the thresholds below. The Hessian is measured in contiguous memory format, with
 hard-sigmoid written as clamp(x + 3, 0, 6) / 6 (same values; torch has no second derivative for its
@@ -48,7 +51,7 @@ from xsep_zoo.data import DATASETS, DataError, DatasetSpec, ImageTensors, load_t
 from xsep_zoo.engine import (
     describe_machine, flush_subnormals, image_loader, prepare_images, step_generator, warmup_cosine,
 )
-from xsep_zoo.hub import CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_weights_file
+from xsep_zoo.hub import RECORD_NAME, WEIGHTS_NAME, WeightsError, load_weights_file, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = tuple(name for name, m in MODELS.items() if m.multiplier == 1.0)
@@ -125,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--docs', type=Path, help='write the markdown page here')
     p.add_argument('--from-json', type=Path, help='measure nothing: write the page (--docs) of a saved --output')
     args = p.parse_args(argv)
+    if args.from_json and not args.docs:
+        p.error('--from-json writes a page: pass --docs')
     for name in ('batch_size', 'power_iters'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be at least 1')
@@ -286,7 +291,8 @@ def head_stats(model: nn.Module) -> dict:
     return dict(weight_std=float(w.std()), weight_max_abs=float(w.abs().max()), fan_in=w.shape[1], fan_out=w.shape[0])
 
 
-def fixed_batch(train: ImageTensors, spec: DatasetSpec, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_batch(train: ImageTensors, spec: DatasetSpec, batch_size: int,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first training batch of the run with `seed`, augmented as scripts/train.py does; global RNG untouched."""
     with torch.random.fork_rng(devices=[]):
         images, labels = next(iter(image_loader(train, batch_size, shuffle_seed=seed)))
@@ -323,8 +329,11 @@ def warm_up(model: nn.Module, train: ImageTensors, spec: DatasetSpec, seed: int,
                 on_warmed_up()
             if len(losses) == steps + peak_steps:
                 break
-        if not math.isfinite(losses[-1]):
+        if not math.isfinite(losses[-1]) or len(losses) == steps + peak_steps:
             break
+        # scripts/train.py evaluates after every epoch: its test loader draws one number (a base seed) from the
+        # global stream, and the dropout masks of the next epoch come after it
+        torch.empty((), dtype=torch.int64).random_()
         epoch += 1
     return dict(losses=losses, seconds=time.perf_counter() - start, warmup_seconds=warm_seconds,
                 **trajectory(losses, steps))
@@ -334,11 +343,11 @@ def trajectory(losses: Sequence[float], warmup_steps: int) -> dict:
     """Summary of a loss trajectory: max after BLOWUP_AFTER, final (mean of the last 10), first blow-up step."""
     late = [(i, x) for i, x in enumerate(losses) if i >= BLOWUP_AFTER or not math.isfinite(x)]
     bad = [i for i, x in late if not math.isfinite(x) or x > BLOWUP_LOSS]
-    warm = [x for x in losses[:warmup_steps]]
+    warm = losses[:warmup_steps]
     tail = losses[-10:]
     return dict(
         steps=len(losses), first_loss=losses[0] if losses else math.nan,
-        max_loss_after=max((x for _, x in late), default=math.nan),
+        max_loss_after=max((x for _, x in late), default=None),  # None: no step after BLOWUP_AFTER
         final_loss=statistics.fmean(tail) if tail else math.nan,
         warmup_final_loss=statistics.fmean(warm[-10:]) if warm else math.nan,
         blew_up=bool(bad), blowup_step=bad[0] if bad else None,
@@ -346,7 +355,7 @@ def trajectory(losses: Sequence[float], warmup_steps: int) -> dict:
 
 
 @torch.no_grad()
-def test_top1(model: nn.Module, test: ImageTensors, spec: DatasetSpec, batch_statistics: bool) -> float:
+def top1(model: nn.Module, test: ImageTensors, spec: DatasetSpec, batch_statistics: bool) -> float:
     """Top-1 (%) on `test`: with running BatchNorm statistics (eval mode) or each batch's own (BN in train mode)."""
     probe = copy.deepcopy(model).eval()
     if batch_statistics:
@@ -381,12 +390,11 @@ def bn_collapse(folder: Path) -> dict:
             all_collapsed.append(layer)
         if float(small.double().mean()) >= MOSTLY:
             mostly[layer] = float(small.double().mean())
-    config = json.loads((folder / CONFIG_NAME).read_text()) if (folder / CONFIG_NAME).is_file() else {}
-    recipe = (config.get('xsep_zoo') or {}).get('recipe') or {}
-    return dict(folder=folder.name, model=config.get('architecture', folder.name.partition('.')[0]),
-                epochs=recipe.get('epochs'), seed=recipe.get('seed'), bn_scales=total, collapsed=collapsed,
-                fraction=collapsed / total, layers_all_collapsed=all_collapsed, layers_mostly_collapsed=mostly,
-                per_stage={k: c / n for k, (n, c) in per_stage.items()})
+    record = read_record(folder) if (folder / RECORD_NAME).is_file() else {}  # the epochs and seed, when recorded
+    return dict(folder=folder.name, model=record.get('model', folder.name.partition('.')[0]),
+                epochs=record.get('epochs'), seed=(record.get('recipe') or {}).get('seed'), bn_scales=total,
+                collapsed=collapsed, fraction=collapsed / total, layers_all_collapsed=all_collapsed,
+                layers_mostly_collapsed=mostly, per_stage={k: c / n for k, (n, c) in per_stage.items()})
 
 
 def published_collapse(hub_root: Path) -> list[dict]:
@@ -420,15 +428,19 @@ def time_costs(models: Sequence[str], inputs, labels, train, spec, args) -> dict
     return costs
 
 
-def estimate_seconds(models, warmup_models, costs, args, warmup_steps, test_images) -> float:
-    """The run's time from `time_costs`: an evaluation batch is counted as a third of a training step."""
+TYPICAL_ITERS = 10  # power iterations a Hessian at init usually takes to move less than 1e-5 (batch 32 and 128)
+
+
+def estimate_seconds(models, warmup_models, costs, args, warmup_steps, test_images, power_iters: int) -> float:
+    """The run's time from `time_costs` with `power_iters` per Hessian; an evaluation batch costs a third of a step."""
     total = 0.0
     for name in models:
         c = costs['dw' if MODELS[name].dw_partner is None else 'xsep'] if len(costs) > 1 else next(iter(costs.values()))
-        measured = c['grad'] + args.power_iters * c['hvp']
+        measured = c['grad'] + power_iters * c['hvp']
         per_seed = measured + (len(args.head_init) - 1) * c['grad']
         if name in warmup_models:
-            per_seed += (warmup_steps + args.peak_steps) * c['step'] + measured + 2 * test_images / args.batch_size * c['step'] / 3
+            per_seed += ((warmup_steps + args.peak_steps) * c['step'] + measured
+                         + 2 * test_images / args.batch_size * c['step'] / 3)
         total += per_seed * len(args.seeds)
     return total
 
@@ -452,12 +464,16 @@ def run(args: argparse.Namespace) -> dict:
     inputs, labels = fixed_batch(train, spec, args.batch_size, args.batch_seed)
 
     costs = time_costs(models, inputs, labels, train, spec, args)
-    estimate = estimate_seconds(models, args.warmup_models, costs, args, warmup_steps, len(test) if test else 0)
+    test_images = len(test) if test else 0
+    estimate = estimate_seconds(models, args.warmup_models, costs, args, warmup_steps, test_images, args.power_iters)
+    typical = estimate_seconds(models, args.warmup_models, costs, args, warmup_steps, test_images,
+                               min(args.power_iters, TYPICAL_ITERS))
     for kind, c in costs.items():
         print(f'{c["model"]}: gradient {c["grad"]:.2f} s, Hessian-vector product {c["hvp"]:.2f} s, '
               f'training step {c["step"]:.2f} s (batch {args.batch_size}, {torch.get_num_threads()} threads)')
-    print(f'time estimate: {estimate / 60:.1f} min for {len(models)} models x {len(args.seeds)} seeds, '
-          f'{len(args.warmup_models)} warmed up over {warmup_steps} + {args.peak_steps} steps')
+    print(f'time estimate: {len(models)} models x {len(args.seeds)} seeds, {len(args.warmup_models)} warmed up '
+          f'over {warmup_steps} + {args.peak_steps} steps: about {typical / 60:.1f} min with {TYPICAL_ITERS} power '
+          f'iterations per Hessian, at most {estimate / 60:.1f} min with all {args.power_iters}')
     results = dict(
         command=args.command, machine=describe_machine(), estimate_seconds=estimate, costs=costs,
         versions=dict(xsep_zoo=xsep_zoo.__version__, timm=timm.__version__, torch=torch.__version__),
@@ -503,10 +519,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def measure_after(model, inputs, labels, test, spec, args, seed) -> dict:
+    """`measure` after the warm-up, and test top-1 (with the global random stream left as it was)."""
     m = measure(model, inputs, labels, args.power_iters, args.power_tol, seed)
     if test is not None:
-        m['top1'] = dict(test_top1=test_top1(model, test, spec, False),
-                         test_top1_batch_stats=test_top1(model, test, spec, True))
+        with torch.random.fork_rng(devices=[]):
+            m['top1'] = dict(test_top1=top1(model, test, spec, False),
+                             test_top1_batch_stats=top1(model, test, spec, True))
     return m
 
 
@@ -519,8 +537,10 @@ def _brief(results: dict, name: str, seed: int) -> str:
                          f'top eigenvalue {m["hessian"]["eigenvalue"]:.4g}')
     for w in results['warmups']:
         if w['model'] == name and w['seed'] == seed:
-            parts.append(f'max loss after step {BLOWUP_AFTER} {w["max_loss_after"]:.3f}'
-                         f'{" (blew up)" if w["blew_up"] else ""}')
+            late = w['max_loss_after']
+            parts.append(f'{w["steps"]} steps, final loss {w["final_loss"]:.3f}'
+                         + (f', max after step {BLOWUP_AFTER} {late:.3f}' if late is not None else '')
+                         + (' (blew up)' if w['blew_up'] else ''))
     return '; '.join(parts)
 
 
@@ -604,14 +624,20 @@ def verdict_gradient(results: dict) -> list[str]:
 def verdict_hessian(results: dict) -> list[str]:
     """Hypothesis 1b: the top Hessian eigenvalue at init about an order of magnitude above DW's."""
     low, high = ORDER_OF_MAGNITUDE
-    rows = {m: ratios(results, m, _eigenvalue) for m in results['config']['models'] if MODELS[m].dw_partner}
+    claimed = [m for c in GRADIENT_CLAIMS for m in c.models]  # the variants of hypothesis 1, as for the gradient
+    rows = {m: ratios(results, m, _eigenvalue) for m in claimed if m in results['config']['models']}
     rows = {m: r for m, r in rows.items() if r}
+    others = [f'{_short(m)} vs {_short(MODELS[m].dw_partner)} {_mean_sd(list(r.values()), ".1f", "x")}'
+              for m in results['config']['models'] if MODELS[m].dw_partner and m not in claimed
+              if (r := ratios(results, m, _eigenvalue))]
+    extra = [f'- Top Hessian eigenvalue, not in the claim, measured alike: {"; ".join(others)}.'] if others else []
     if not rows:
-        return ['- Top Hessian eigenvalue: **not measured**.']
+        return ['- Top Hessian eigenvalue at init about an order of magnitude above DW\'s: **not measured** (none of '
+                'the models of the claim ran).', *extra]
     fits = {m: low <= statistics.fmean(r.values()) <= high for m, r in rows.items()}
     verdict = 'confirmed' if all(fits.values()) else 'refuted' if not any(fits.values()) else 'partly confirmed'
-    worst = max((m['hessian']['last_change'] for m in results['measurements'] if 'hessian' in m and m['when'] == 'init'),
-                default=math.nan)
+    worst = max((m['hessian']['last_change'] for m in results['measurements']
+                 if 'hessian' in m and m['when'] == 'init'), default=math.nan)
     converged = (f'every estimate converged (last change at most {worst:.1e})' if worst <= CONVERGED else
                  f'**not every estimate converged** (last change up to {worst:.1e}, threshold {CONVERGED:g}): '
                  'rerun with more --power-iters')
@@ -619,8 +645,13 @@ def verdict_hessian(results: dict) -> list[str]:
     detail = ', '.join(f'{_short(m)} {_mean_sd(list(r.values()), ".1f", "x")}' + ('' if fits[m] else ' (outside)')
                        for m, r in rows.items())
     mean = statistics.fmean(statistics.fmean(r.values()) for r in rows.values())
+    negative = [m for m in results['measurements']
+                if m['when'] == 'init' and 'dominant_negative' in m.get('hessian', {})]
+    signs = (f' For {len(negative)} estimates the eigenvalue of largest magnitude was negative; the top one was then '
+             'found on H minus that times I.') if negative else ''
     return [f'- Top Hessian eigenvalue at init about an order of magnitude above DW\'s: **{verdict}**: mean ratio '
-            f'{mean:.1f}x ({_seed_text(seeds)}; {detail}; accepted range {low:.1f}-{high:.1f}x); {converged}.']
+            f'{mean:.1f}x ({_seed_text(seeds)}; {detail}; accepted range {low:.1f}-{high:.1f}x); {converged}.{signs}',
+            *extra]
 
 
 def verdict_blowup(results: dict) -> list[str]:
@@ -636,8 +667,12 @@ def verdict_blowup(results: dict) -> list[str]:
         which = ', '.join(f'{_short(w["model"])} seed {w["seed"]} at step {w["blowup_step"]}' for w in blown)
         lines.append(f'- **confirmed**: {len(blown)} of {len(warmups)} runs blew up within {window} '
                      f'(loss above {BLOWUP_LOSS:.2f} after step {BLOWUP_AFTER}, or not finite): {which}.')
+    elif all(w['steps'] <= BLOWUP_AFTER for w in warmups):
+        lines.append(f'- **not measured**: no run went past step {BLOWUP_AFTER} ({window}), and none had a loss that '
+                     'is not finite.')
     else:
-        late = [w['max_loss_after'] for w in warmups if math.isfinite(w['max_loss_after'])]
+        late = [w['max_loss_after'] for w in warmups
+                if w['max_loss_after'] is not None and math.isfinite(w['max_loss_after'])]
         worst = (f'the highest loss after step {BLOWUP_AFTER} was {max(late):.2f}, threshold {BLOWUP_LOSS:.2f}'
                  if late else f'no run reached step {BLOWUP_AFTER}: only a loss that is not finite would count')
         lines.append(f'- **refuted within {window}**: none of {len(warmups)} runs blew up ({worst}).'
@@ -660,8 +695,8 @@ def verdict_collapse(results: dict) -> list[str]:
     rows = results['bn_collapse']
     if not rows:
         return ['- **not measured** (no Hub folders).']
-    long_runs = [r for r in rows if (r['epochs'] or 0) >= LONG_RUN_EPOCHS]
-    short_runs = [r for r in rows if r not in long_runs]
+    long_runs = [r for r in rows if r['epochs'] is not None and r['epochs'] >= LONG_RUN_EPOCHS]
+    short_runs = [r for r in rows if r['epochs'] is not None and r['epochs'] < LONG_RUN_EPOCHS]
     lines = []
     low, high = LONG_RUN_COLLAPSE
     if long_runs:
@@ -671,15 +706,23 @@ def verdict_collapse(results: dict) -> list[str]:
         lines.append(f'- About 40 % collapsed (|gamma| < {COLLAPSED:g}) in the runs of {LONG_RUN_EPOCHS}+ epochs: '
                      f'**{verdict}**: {detail} (accepted {100 * low:.0f}-{100 * high:.0f} %).')
     else:
-        lines.append(f'- About 40 % collapsed in the long runs: **not measured** (no folder of {LONG_RUN_EPOCHS}+ epochs).')
+        lines.append(f'- About 40 % collapsed in the long runs: **not measured** (no folder of {LONG_RUN_EPOCHS}+ '
+                     'epochs).')
     if short_runs:
         hit = [r for r in short_runs if r['collapsed']]
         detail = ', '.join(f'`{r["folder"]}` {r["collapsed"]} ({100 * r["fraction"]:.2f} %)' for r in hit)
         over = [r for r in short_runs if r['fraction'] >= SHORT_RUN_NONE]
         verdict = 'confirmed' if not over else 'refuted' if len(over) == len(short_runs) else 'partly confirmed'
-        lines.append(f'- None in the {len(short_runs)} folders of fewer than {LONG_RUN_EPOCHS} epochs: **{verdict}**: '
-                     + (f'{len(hit)} have collapsed scales: {detail}' if hit else 'not one collapsed scale')
-                     + f' (threshold {100 * SHORT_RUN_NONE:g} % of the scales per folder).')
+        most = max(r['fraction'] for r in short_runs)
+        lines.append(f'- None (under {100 * SHORT_RUN_NONE:g} % of the scales of a folder) in the {len(short_runs)} '
+                     f'folders of fewer than {LONG_RUN_EPOCHS} epochs: **{verdict}**: at most {100 * most:.2f} %'
+                     + (f'; folders with any: {detail}.' if hit else ', not one collapsed scale.'))
+    else:
+        lines.append(f'- None in the shorter runs: **not measured** (no folder of fewer than {LONG_RUN_EPOCHS} '
+                     'epochs).')
+    unknown = [r['folder'] for r in rows if r['epochs'] is None]
+    if unknown:
+        lines.append(f'- Left out, their epochs not recorded ({RECORD_NAME}): {", ".join(unknown)}.')
     return lines
 
 
@@ -730,7 +773,8 @@ def render_page(results: dict, page_command: Optional[str] = None) -> str:
         'every model; the model is in train mode with dropout '
         f'{config["drop_rate"]:g}. The Hessian is that of the cross-entropy on this batch w.r.t. all parameters '
         f'(no weight decay), its top eigenvalue found by power iteration on exact Hessian-vector products (at most '
-        f'{config["power_iters"]} iterations, stopped once one moves the estimate by less than {config["power_tol"]:g}).',
+        f'{config["power_iters"]} iterations, stopped once one moves the estimate by less than '
+        f'{config["power_tol"]:g}).',
         '',
         '## Hypotheses',
         '',
@@ -790,7 +834,8 @@ def render_page(results: dict, page_command: Optional[str] = None) -> str:
     if results['warmups']:
         lines += ['', '## After the warm-up', '',
                   f'{config["warmup_steps"]} steps of SGD (momentum {config["momentum"]:g}, weight decay '
-                  f'{config["weight_decay"]:g}, batch {config["batch_size"]}), the lr rising linearly to {config["lr"]:g}'
+                  f'{config["weight_decay"]:g}, batch {config["batch_size"]}), the lr rising linearly to '
+                  f'{config["lr"]:g}'
                   + (f', then {config["peak_steps"]} steps on the cosine of a {config["schedule_steps"]}-step run'
                      if config['peak_steps'] else '') +
                   f'. Blown up: a loss above {BLOWUP_LOSS:.2f} after step {BLOWUP_AFTER}, or not finite. Final loss: '

@@ -20,7 +20,7 @@ from timm.utils import reparameterize_model
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo.data import DATASETS, DataError, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import CONFIG_NAME, WeightsError, load_weights_into, read_hub_config
+from xsep_zoo.hub import CONFIG_NAME, RECORD_NAME, WeightsError, load_weights_into, read_hub_config, read_record
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,9 +55,10 @@ def _run_config(checkpoint: Path) -> dict:
 def load_model(args: argparse.Namespace):
     """(model, dataset name, description of the weights)."""
     if args.hub_folder is not None:
-        meta = read_hub_config(args.hub_folder / CONFIG_NAME)
+        read_hub_config(args.hub_folder / CONFIG_NAME)  # a damaged or missing one named before timm reads it
+        meta = read_record(args.hub_folder) if (args.hub_folder / RECORD_NAME).is_file() else {}
         model = timm.create_model(f'local-dir:{args.hub_folder}', pretrained=True)
-        return model, args.dataset or meta.get('xsep_zoo', {}).get('dataset'), str(args.hub_folder)
+        return model, args.dataset or meta.get('dataset'), str(args.hub_folder)
     if args.pretrained:
         if not args.model:
             sys.exit('--pretrained needs --model')

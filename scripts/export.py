@@ -1,18 +1,24 @@
-"""Turn a finished training run into a Hub repo folder: hub_cards/<model>.<tag>/.
+"""Turn a finished training run into a Hub repo folder, hub_cards/<model>.<tag>/, or refresh published ones.
 
-    python scripts/export.py runs/x --tag cifar10 --data-source ../shared/datasets/cifar10
+    python scripts/export.py runs/x --tag cifar10 --data-source /path/to/cifar10
+    python scripts/export.py --refresh hub_cards/*/      # rewrite cards and configs from their records
 
-Writes model.safetensors (the run's final weights: the EMA ones when EMA was on), timm's
-config.json (with the weights' sha256 and the measured results at its top level) and the model
-card README.md. The accuracy is measured here, on the exported weights, over the whole test split;
-params and MACs come from the counter. An existing folder is replaced only with --overwrite.
+Writes what timm's push_to_hf_hub publishes (model.safetensors: the run's final weights, the EMA ones
+when EMA was on; timm's config.json; the model card README.md) and the zoo's own files beside them:
+xsep_zoo.json (sha256 of the weights, the architecture they were exported for, the measured results,
+the recipe and command), log.jsonl (the run's per-epoch log) and curves.png. The accuracy is measured
+here, on the exported weights, over the whole test split; params and MACs come from the counter. An
+existing folder is replaced only with --overwrite. --refresh re-renders existing folders from their
+records, keeping their weights and figures, so every card shows the zoo as it is now.
 """
 import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import timm
@@ -20,24 +26,31 @@ import timm
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo import MODELS, count_cost
 from xsep_zoo.constants import HUB_ORG
-from xsep_zoo.data import DATASETS, DataError, load_test
+from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import WEIGHTS_NAME, WeightsError, load_weights_into, local_hub_root, write_hub_folder
-from xsep_zoo.model_card import CardFacts, render_model_card
+from xsep_zoo.hub import (CARD_NAME, RECORD_NAME, WEIGHTS_NAME, WeightsError, load_weights_into, local_hub_root,
+                          read_record, verified_weights, write_hub_folder)
+from xsep_zoo.model_card import CardFacts, ComparisonRow, render_model_card
 from xsep_zoo.pretrained import DATASET_CFGS, record_published
 
 ROOT = Path(__file__).resolve().parents[1]
+LOG_NAME, CURVES_NAME = 'log.jsonl', 'curves.png'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('run_dir', type=Path, help='a finished run of scripts/train.py')
+    p.add_argument('run_dir', type=Path, nargs='?', help='a finished run of scripts/train.py')
+    p.add_argument('--refresh', type=Path, nargs='+', metavar='HUB_FOLDER',
+                   help='rewrite these published folders (card, config, curves) from their records instead')
     p.add_argument('--tag', help='pretrained tag (default: the dataset name, e.g. cifar10)')
     p.add_argument('--hub-root', type=Path, help='where Hub folders go (default: the repository\'s hub_cards/)')
     p.add_argument('--data-source', help='local dataset folder to evaluate on (default: the one the run used)')
     p.add_argument('--test-limit', type=int, help='evaluate a subset only (tests; a card should use the full split)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing Hub folder')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.run_dir is None) == (args.refresh is None):
+        p.error('give a run folder to export, or --refresh with published Hub folders')
+    return args
 
 
 def portable(value):
@@ -60,26 +73,18 @@ SCHEDULING_OPTIONS = ('--time-limit', '--runs-at-once')
 
 
 def _portable_command(command: str) -> str:
+    """The recorded command as a user runs it from the repository root: a local dataset copy is `$DATA`."""
     tokens, kept = shlex.split(command), []
     while tokens:
         token = tokens.pop(0)
         if token in SCHEDULING_OPTIONS:
             tokens.pop(0)  # its value
+        elif token == '--data-source':
+            tokens.pop(0)
+            kept += [token, '$DATA']
         elif token.split('=', 1)[0] not in SCHEDULING_OPTIONS:
             kept.append(portable(token))
-    return shlex.join(kept)
-
-
-def _data_description(source) -> str:
-    """The local copy's own title (its README's pretty_name), or the Hub id."""
-    if source is None:
-        return 'the Hub dataset'
-    readme = Path(source) / 'README.md'
-    if readme.is_file():
-        for line in readme.read_text().splitlines():
-            if line.startswith('pretty_name:'):
-                return f'{line.split(":", 1)[1].strip()}, a local copy at `{portable(source)}`'
-    return f'a local copy at `{portable(source)}`'
+    return ' '.join(shlex.quote(t) if t != '$DATA' else t for t in kept)
 
 
 def _stretches(record: dict, log: list) -> list:
@@ -98,16 +103,101 @@ def _stretches(record: dict, log: list) -> list:
     return stretches
 
 
-def _where_trained(stretches: list) -> str:
-    """The machine a run was trained on, or each machine with its epochs and hours."""
-    if len(stretches) == 1:
-        return stretches[0]['machine']
+def _hardware(stretches: list) -> str:
+    """The processors a run trained on, each once: 'AMD EPYC; NVIDIA H100 80GB HBM3' (a machine is logged as
+    'AMD EPYC, 2 threads x 1 process, torch ...' or '1 x NVIDIA H100 80GB HBM3, torch ...')."""
+    machines = dict.fromkeys(re.sub(r'^\d+ x ', '', s['machine'].split(', ')[0]) for s in stretches)
+    return '; '.join(machines)
 
-    def span(stretch):
-        first, last = stretch['epochs']
-        return f'epoch {first}' if first == last else f'epochs {first}-{last}'
 
-    return '; '.join(f"{s['machine']} ({span(s)}, {s['seconds'] / 3600:.2f} h)" for s in stretches)
+def plot_curves(log: list, path: Path, title: str) -> None:
+    """Train loss and test top-1 per epoch, with the learning rate: the training curves of a card."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    epochs = [e['epoch'] for e in log]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6), layout='constrained')
+    loss_ax.plot(epochs, [e['train_loss'] for e in log], label='train loss')
+    loss_ax.plot(epochs, [e['test_loss'] for e in log], label='test loss')
+    loss_ax.set(xlabel='epoch', ylabel='cross-entropy', yscale='log')
+    acc_ax.plot(epochs, [e['test_top1'] for e in log], color='C2', label='test top-1')
+    acc_ax.set(xlabel='epoch', ylabel='test top-1 (%)')
+    lr_ax = acc_ax.twinx()
+    lr_ax.plot(epochs, [e['lr'] for e in log], color='0.6', linewidth=0.8, label='learning rate')
+    lr_ax.set(ylabel='learning rate')
+    fig.legend(loc='outside lower center', ncols=4, handles=[*loss_ax.lines, *acc_ax.lines, *lr_ax.lines])
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, metadata={'Software': None})
+    plt.close(fig)
+
+
+def _comparison(record: dict, hub_root: Path) -> list:
+    """This model, its DW or XSepConv partner, and the rest of the zoo's published weights on its dataset."""
+    name = f"{record['model']}.{record['tag']}"
+    partner = MODELS[record['model']].dw_partner
+    partners_of = {n for n, m in MODELS.items() if m.dw_partner == record['model']}
+    rows = {name: record}
+    for path in sorted(hub_root.glob(f'*/{RECORD_NAME}')):
+        other = json.loads(path.read_text())
+        if other.get('dataset') == record['dataset'] and 'model' in other:
+            rows.setdefault(f"{other['model']}.{other['tag']}", other)
+
+    def note(key, r):
+        if key == name:
+            return 'this model'
+        if r['model'] == partner:
+            return 'its DW partner'
+        return 'its XSepConv counterpart' if r['model'] in partners_of else ''
+
+    return [ComparisonRow(key, r['top1'], r['macs'], r['params'], r['epochs'], note(key, r))
+            for key, r in sorted(rows.items(), key=lambda kv: (kv[1]['macs'], kv[0]))]
+
+
+def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
+    """The model card of a Hub folder, from its record and the records of the zoo's other folders."""
+    spec = DATASETS[record['dataset']]
+    data = record['data']
+    log_note = record.get('log_note', '')
+    return render_model_card(CardFacts(
+        repo_id=f"{HUB_ORG}/{record['model']}.{record['tag']}", model=record['model'], tag=record['tag'],
+        description=MODELS[record['model']].description, paper=MODELS[record['model']].paper,
+        dataset=record['dataset'], dataset_hub_id=spec.hub_id, data_name=data['name'],
+        from_hub=data.get('hub_id') == spec.hub_id, test_split=record['split'],
+        metrics={k: record[k] for k in ('top1', 'top5', 'loss', 'count')}, params=record['params'],
+        macs=record['macs'], input_size=tuple(record['macs_input_size']), recipe=record['recipe'],
+        train_command=record['train_command'], epochs=record['epochs'], train_hours=record['train_seconds'] / 3600,
+        hardware=_hardware(record['trained_on']), curves=CURVES_NAME if has_log else None, log_note=log_note,
+        comparison=_comparison(record, hub_root), base_model=record.get('base_model'),
+    ))
+
+
+def _publish_cfg(model, name: str, tag: str, dataset: str, label_names) -> None:
+    """Make `model.pretrained_cfg` the cfg of its Hub repo: its tag and id, the dataset's sizes, stats and labels."""
+    spec = DATASETS[dataset]
+    input_size, test_size = (3, spec.train_size, spec.train_size), (3, spec.image_size, spec.image_size)
+    model.pretrained_cfg = {
+        **model.pretrained_cfg, 'tag': tag, 'hf_hub_id': f'{HUB_ORG}/{name}.{tag}', 'num_classes': spec.num_classes,
+        'input_size': input_size, 'test_input_size': test_size if test_size != input_size else None,
+        'mean': spec.mean, 'std': spec.std, 'label_names': tuple(label_names),
+        'pool_size': tuple(s // model.total_stride for s in input_size[1:]),
+    }
+
+
+def _write(folder: Path, model, weights, record: dict, log: list, overwrite: bool) -> Path:
+    """Write the Hub folder: timm's files, the record, and the log with its curves when there is one."""
+    hub_root = folder.parent
+    files = {}
+    if log:
+        files[LOG_NAME] = ''.join(json.dumps(entry) + '\n' for entry in log)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_curves(log, Path(tmp) / CURVES_NAME, f"{record['model']}.{record['tag']}")
+            files[CURVES_NAME] = (Path(tmp) / CURVES_NAME).read_bytes()
+    card = render_card(record, hub_root, has_log=bool(log))
+    write_hub_folder(folder, model, weights, card, record, files, overwrite)
+    if folder.resolve().parent == (ROOT / 'hub_cards').resolve():  # the zoo's own folders: the registry follows
+        record_published(folder)
+    return folder
 
 
 def export_run(args: argparse.Namespace) -> Path:
@@ -117,12 +207,16 @@ def export_run(args: argparse.Namespace) -> Path:
     if not weights.is_file():
         sys.exit(f'{args.run_dir}: no {WEIGHTS_NAME}; the run has not finished '
                  '(resume it with scripts/train.py --resume)')
-    log = [json.loads(line) for line in (args.run_dir / 'log.jsonl').read_text().splitlines()]
-    name, dataset, tag = config['model'], config['dataset'], args.tag or config['dataset']
+    log = [json.loads(line) for line in (args.run_dir / LOG_NAME).read_text().splitlines()]
+    dataset, tag = config['dataset'], args.tag or config['dataset']
+    if dataset not in DATASET_CFGS:
+        sys.exit(f'{dataset}: the registry has no pretrained cfg for this dataset (known: {", ".join(DATASET_CFGS)}); '
+                 'add its line to DATASET_CFGS in xsep_zoo/pretrained.py before exporting')
     spec = DATASETS[dataset]
     source = args.data_source or config['data_source']
 
-    model = timm.create_model(name, num_classes=spec.num_classes)
+    model = timm.create_model(config['model'], num_classes=spec.num_classes)
+    name = model.pretrained_cfg['architecture']  # an alias (mobilenetv3_small_xsep) publishes as its architecture
     try:
         load_weights_into(model, weights)
     except WeightsError as e:
@@ -131,47 +225,29 @@ def export_run(args: argparse.Namespace) -> Path:
     if not_finite:
         sys.exit(f'{weights}: {len(not_finite)} tensors hold NaN or infinite values ({", ".join(not_finite[:3])}'
                  f'{" ..." if len(not_finite) > 3 else ""}): the run diverged; nothing was exported')
-    repo_id = f'{HUB_ORG}/{name}.{tag}'
-    input_size = (3, spec.train_size, spec.train_size)
-    test_size = (3, spec.image_size, spec.image_size)
-    model.pretrained_cfg = {
-        **model.pretrained_cfg, 'tag': tag, 'hf_hub_id': repo_id, 'num_classes': spec.num_classes,
-        'input_size': input_size, 'test_input_size': test_size if test_size != input_size else None,
-        'mean': spec.mean, 'std': spec.std,
-        'pool_size': tuple(s // model.total_stride for s in input_size[1:]),
-    }
     try:
         test = load_test(dataset, source=source, limit=args.test_limit)
     except DataError as e:
         sys.exit(str(e))
-    model.pretrained_cfg['label_names'] = test.classes
+    _publish_cfg(model, name, tag, dataset, test.classes)
     metrics = evaluate_model(model, test, spec)
     if not math.isfinite(metrics['loss']):
         sys.exit(f'{weights}: the test loss is {metrics["loss"]:g}: the weights do not compute finite outputs; '
                  'nothing was exported')
+    test_size = tuple(model.pretrained_cfg['test_input_size'] or model.pretrained_cfg['input_size'])
     cost = count_cost(model, test_size)
-    stretches = _stretches(record, log)
-
-    recipe = {key: portable(value) if key in ('data_source', 'init_from') else value for key, value in config.items()}
-    eval_command = ['python', 'scripts/eval.py', '--model', f'{name}.{tag}', '--pretrained', '--dataset', dataset]
-    eval_command += ['--data-source', str(portable(source))] if source else []
-    eval_command += ['--limit', str(args.test_limit)] if args.test_limit else []
-    facts = CardFacts(
-        repo_id=repo_id, model=name, description=MODELS[name].description, dataset=dataset,
-        dataset_hub_id=spec.hub_id, data_description=_data_description(source), test_split=spec.test_split,
-        metrics=metrics, params=cost.params, macs=cost.macs, input_size=test_size, recipe=recipe,
-        train_command=_portable_command(record['command']), eval_command=shlex.join(eval_command),
-        train_seconds=sum(entry['seconds'] for entry in log), train_machine=_where_trained(stretches),
-        base_model=config.get('init_from') or (name if config.get('pretrained') else None),
+    recipe = {**config, 'model': name, 'data_source': '$DATA' if config['data_source'] else None}
+    record = dict(
+        model=name, tag=tag, dataset=dataset, split=spec.test_split, data=describe_source(dataset, source),
+        **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')},
+        params=cost.params, macs=cost.macs, macs_input_size=list(test_size), epochs=config['epochs'],
+        train_seconds=sum(entry['seconds'] for entry in log), trained_on=_stretches(record, log), recipe=recipe,
+        train_command=_portable_command(record['command']),
+        base_model=portable(config.get('init_from')) or (name if config.get('pretrained') else None),
     )
-    results = dict(dataset=dataset, split=spec.test_split, data_source=portable(source), params=cost.params,
-                   macs=cost.macs, macs_input_size=list(test_size), train_seconds=facts.train_seconds,
-                   trained_on=stretches, recipe=recipe,
-                   **{k: metrics[k] for k in ('top1', 'top5', 'loss', 'count')})
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     try:
-        write_hub_folder(folder, model, model.state_dict(), render_model_card(facts), dict(xsep_zoo=results),
-                         args.overwrite)
+        _write(folder, model, weights, record, log, args.overwrite)
     except FileExistsError as e:
         sys.exit(str(e))
     print(f'{folder}: top-1 {metrics["top1"]:.2f} % on {metrics["count"]} images, '
@@ -179,8 +255,29 @@ def export_run(args: argparse.Namespace) -> Path:
     return folder
 
 
-def main(argv=None) -> Path:
-    return export_run(parse_args(argv))
+def refresh(folder: Path) -> Path:
+    """Rewrite a published folder from its record: same weights (the file is kept), same figures, current card."""
+    try:
+        record = read_record(folder)
+        weights = verified_weights(folder / 'config.json', folder / WEIGHTS_NAME)
+    except WeightsError as e:
+        sys.exit(str(e))
+    log_path = folder / LOG_NAME
+    log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    spec = DATASETS[record['dataset']]
+    model = timm.create_model(record['model'], num_classes=spec.num_classes)
+    _publish_cfg(model, record['model'], record['tag'], record['dataset'], DATASET_CFGS[record['dataset']]['label_names'])
+    kept = {k: v for k, v in record.items() if k not in ('weights_sha256', 'exported_config')}
+    _write(folder, model, weights, kept, log, overwrite=True)
+    print(f'{folder}: refreshed ({CARD_NAME}, config.json{", " + CURVES_NAME if log else ""})')
+    return folder
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.refresh:
+        return [refresh(folder) for folder in args.refresh]
+    return export_run(args)
 
 
 if __name__ == '__main__':

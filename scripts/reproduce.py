@@ -10,32 +10,22 @@ its card on the same test data; on other data (the Hub's lossless CIFAR-10 again
 a JPEG copy) the two are shown side by side, not compared.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import timm
 
 import xsep_zoo  # noqa: F401  registers the models
-from xsep_zoo.data import DATASETS, DataError, load_test
+from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import CONFIG_NAME, WeightsError
+from xsep_zoo.hub import WeightsError, read_record
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ('mobilenetv3_small_xsep', 'mobilenetv3_small_dw_100')
 
 
 def card_results(model) -> dict:
-    """The measured results recorded in the config.json beside the weights the model was loaded from."""
-    config = Path(model.pretrained_cfg['file']).with_name(CONFIG_NAME)
-    return json.loads(config.read_text())['xsep_zoo']
-
-
-def _same_data(used: str, card_source, hub_id: str) -> bool:
-    """Whether the test set read now is the copy the card was measured on (relative paths: from the repo)."""
-    if card_source is None:
-        return used == hub_id
-    return used != hub_id and Path(ROOT, used).resolve() == Path(ROOT, card_source).resolve()
+    """The measured results recorded beside the weights the model was loaded from (xsep_zoo.json)."""
+    return read_record(Path(model.pretrained_cfg['file']).parent)
 
 
 def main(argv=None) -> bool:
@@ -57,12 +47,12 @@ def main(argv=None) -> bool:
             sys.exit(str(e))
         test, where = tests[dataset]
         measured = evaluate_model(model, test, DATASETS[dataset])
-        if _same_data(where, card['data_source'], DATASETS[dataset].hub_id):
+        if describe_source(dataset, args.data_source) == card['data']:  # the same test files, or the Hub's
             equal = all(measured[k] == card[k] for k in ('top1', 'top5', 'count'))
             all_equal &= equal
             verdict = 'yes' if equal else 'NO'
         else:  # e.g. the Hub's lossless CIFAR-10 against a card measured on the JPEG copy
-            verdict = f'not comparable: the card was measured on {card["data_source"] or "the Hub dataset"}'
+            verdict = f'not comparable: the card was measured on {card["data"]["name"]}'
         rows.append(f'| `{name}` | {dataset} ({where}) | {measured["top1"]:.2f} | {card["top1"]:.2f} '
                     f'| {measured["top5"]:.2f} | {card["top5"]:.2f} | {measured["count"]} | {verdict} |')
     print('| model | test set | top-1 measured | top-1 card | top-5 measured | top-5 card | images | same |')

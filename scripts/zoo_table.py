@@ -9,24 +9,24 @@ needs matplotlib (`pip install -e '.[plot]'`).
 """
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from readme_section import print_and_write
 from xsep_zoo import MODELS
-from xsep_zoo.hub import CONFIG_NAME, local_hub_root
+from xsep_zoo.hub import RECORD_NAME, local_hub_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = 'zoo-table'
 PLOT_NAME = 'zoo_top1_vs_macs.png'
 def load_results(root: Path) -> list[dict]:
     rows = []
-    for config_path in sorted(root.glob(f'*/{CONFIG_NAME}')):
-        config = json.loads(config_path.read_text())
-        results = config['xsep_zoo']
-        rows.append(dict(folder=config_path.parent.name, architecture=config['architecture'],
-                         seed=results['recipe']['seed'], epochs=results['recipe']['epochs'], **results))
+    for record_path in sorted(root.glob(f'*/{RECORD_NAME}')):
+        results = json.loads(record_path.read_text())
+        rows.append(dict(folder=record_path.parent.name, architecture=results['model'],
+                         seed=results['recipe']['seed'], **results))
     return rows
 
 
@@ -36,6 +36,60 @@ def _seeds_of_one_recipe(rows: list[dict]) -> dict:
     for r in rows:
         groups[r['architecture'], r['epochs']].append(r)
     return groups
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Lentz's method)."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below its mean: use the symmetry there
+        return 1 - _betainc(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            numerator = 1.0
+        elif i % 2:
+            numerator = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        else:
+            numerator = (m * (b - m) * x) / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1 + numerator * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1 - c * d) < 1e-14:
+            break
+    return front * (f - 1)
+
+
+def welch_t_test(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Welch's t-test of the means of `a` and `b` (unequal variances): t, degrees of freedom, two-sided p."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return t, df, _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """Each XSepConv model against its DW partner, per recipe length with two or more seeds of each."""
+    groups = _seeds_of_one_recipe(rows)
+    lines = []
+    for (architecture, epochs), runs in groups.items():
+        partner = MODELS[architecture].dw_partner
+        dw = groups.get((partner, epochs), [])
+        if partner is None or len(runs) < 2 or len(dw) < 2:
+            continue
+        x, y = [r['top1'] for r in runs], [r['top1'] for r in dw]
+        t, df, p = welch_t_test(x, y)
+        lines.append(
+            f'- {epochs} epochs: `{architecture}` {statistics.mean(x):.2f} (sd {statistics.stdev(x):.2f}, seeds '
+            f'{", ".join(str(r["seed"]) for r in runs)}) against `{partner}` {statistics.mean(y):.2f} (sd '
+            f'{statistics.stdev(y):.2f}, seeds {", ".join(str(r["seed"]) for r in dw)}): '
+            f'{statistics.mean(x) - statistics.mean(y):+.2f} points, Welch\'s t-test t = {t:.2f}, df = {df:.1f}, '
+            f'p = {p:.3f}')
+    return lines
 
 
 def zoo_table(rows: list[dict], plot_link: str) -> str:
@@ -56,6 +110,9 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
             top1 = [r['top1'] for r in runs]
             lines.append(f'| `{architecture}`, mean of {len(runs)} seeds | | {epochs} | | {statistics.mean(top1):.2f} '
                          f'(sd {statistics.stdev(top1):.2f}) | | | | |')
+    comparison = comparison_lines(rows)
+    if comparison:
+        lines += ['', 'XSepConv against its DW partner, top-1 mean over seeds (sd) and the difference:', '', *comparison]
     lines += ['', f'![top-1 against MACs, DW vs XSepConv]({plot_link})']
     return '\n'.join(lines) + '\n'
 

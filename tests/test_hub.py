@@ -1,13 +1,17 @@
 """Loading pretrained weights (local Hub folders, and the real Hub code paths against a local stand-in), what
 loading refuses, and publishing."""
 import json
+import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
+import PIL.Image
 import pytest
 import timm
 
+from xsep_zoo.constants import CIFAR10_LABELS
 from xsep_zoo.hub import WeightsError
 
 from conftest import MODEL, ROOT, run_script
@@ -97,7 +101,7 @@ def test_a_missing_repo_is_an_error_not_random_weights(fake_hub, script_env, tmp
 # edits of config.json that make timm build another network around the weights (or drop their head)
 EDITS = {
     'num_classes': ('num_classes', lambda c: c.update(num_classes=100)),
-    'architecture_argument': ('model_args', lambda c: c['model_args'].update(padding='symmetric')),
+    'architecture_argument': ('model_args', lambda c: c.setdefault('model_args', {}).update(padding='symmetric')),
     'architecture_name': ('architecture', lambda c: c.update(architecture='mobilenetv3_small_xsep_sympad_100')),
     'other_width': ('architecture', lambda c: c.update(architecture='mobilenetv3_small_xsep_100')),
 }
@@ -150,13 +154,11 @@ def test_every_loading_path_refuses_an_edited_config_in_one_line(script, exporte
 
 def test_a_folder_without_a_checksum_is_refused_unless_opted_out(exported, tmp_path, monkeypatch):
     folder = shutil.copytree(exported, tmp_path / exported.name)
-    config = json.loads((folder / 'config.json').read_text())
-    del config['weights_sha256']
-    (folder / 'config.json').write_text(json.dumps(config))
+    (folder / 'xsep_zoo.json').unlink()
     monkeypatch.setenv('XSEP_ZOO_HUB_DIR', str(tmp_path))
     monkeypatch.delenv('XSEP_ZOO_ALLOW_UNVERIFIED', raising=False)
     for name in (MODEL, f'local-dir:{folder}'):
-        with pytest.raises(WeightsError, match='records no weights_sha256.* set XSEP_ZOO_ALLOW_UNVERIFIED=1'):
+        with pytest.raises(WeightsError, match='holds no xsep_zoo.json.* set XSEP_ZOO_ALLOW_UNVERIFIED=1'):
             timm.create_model(name, pretrained=True)
     monkeypatch.setenv('XSEP_ZOO_ALLOW_UNVERIFIED', '1')
     assert timm.create_model(f'local-dir:{folder}', pretrained=True).num_classes == 10
@@ -223,12 +225,50 @@ def test_push_all_skips_a_folder_that_is_not_a_hub_folder_and_refuses_a_half_fol
 def test_push_refuses_a_damaged_folder_and_a_missing_token(exported, fake_hub, script_env, tmp_path):
     folder = tmp_path / exported.name
     shutil.copytree(exported, folder)
-    config = json.loads((folder / 'config.json').read_text())
-    config['weights_sha256'] = '0' * 64
-    (folder / 'config.json').write_text(json.dumps(config))
+    record = json.loads((folder / 'xsep_zoo.json').read_text())
+    record['weights_sha256'] = '0' * 64
+    (folder / 'xsep_zoo.json').write_text(json.dumps(record))
     env = _client_env(script_env, fake_hub, tmp_path, token=TOKEN)
     result = run_script('push.py', folder, env=env, check=False)
     assert result.returncode != 0 and 'differs from' in result.stderr
     result = run_script('push.py', exported, env=_client_env(script_env, fake_hub, tmp_path), check=False)
     assert result.returncode != 0 and 'no Hugging Face token' in result.stderr
     assert not (fake_hub.root / REPO).exists()
+
+
+HUB_FOLDERS = sorted(p.parent for p in (ROOT / 'hub_cards').glob('*/config.json'))
+
+
+@pytest.mark.parametrize('folder', HUB_FOLDERS, ids=lambda p: p.name)
+def test_every_published_folder_loads_through_timm_and_transformers(folder):
+    """What readers of timm Hub repos do: timm's local-dir: loader, and transformers' timm wrapper."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    expected = load_file(folder / 'model.safetensors')
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    classifier = pipeline('image-classification', model=str(folder))
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    answers = classifier(image, top_k=10)
+    assert sorted(a['label'] for a in answers) == sorted(CIFAR10_LABELS)  # the class names, all of them
+    wrapped = classifier.model.timm_model
+    assert all(torch.equal(wrapped.state_dict()[k], v) for k, v in expected.items())
+
+
+def _python_blocks(markdown: str) -> list:
+    return re.findall(r'```python\n(.*?)```', markdown, flags=re.S)
+
+
+@pytest.mark.parametrize('page', ['hub_cards/mobilenetv3_small_xsep_050.cifar10/README.md', 'README.md'])
+def test_the_snippets_run(page, tmp_path, script_env):
+    """Every Python snippet of the README and of a card runs as printed (the cards share one template)."""
+    blocks = _python_blocks((ROOT / page).read_text())
+    assert len(blocks) == (3 if page.startswith('hub_cards') else 1)
+    PIL.Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(tmp_path / 'image.png')
+    env = {k: v for k, v in script_env.items() if k != 'XSEP_ZOO_HUB_DIR'}  # the repository's hub_cards/
+    for block in blocks:
+        result = subprocess.run([sys.executable, '-c', block], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f'{block}\n{result.stderr[-2000:]}'
+        assert result.stdout.strip()

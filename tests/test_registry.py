@@ -38,7 +38,7 @@ def test_record_is_what_hub_cards_holds():
     folders = sorted(p.parent.name for p in HUB_CARDS.glob('*/config.json'))
     assert sorted(PUBLISHED) == folders
     for name, entry in PUBLISHED.items():
-        results = json.loads((HUB_CARDS / name / 'config.json').read_text())['xsep_zoo']
+        results = json.loads((HUB_CARDS / name / 'xsep_zoo.json').read_text())
         assert entry == dict(dataset=results['dataset'], top1=results['top1'])
     assert set(WITH_WEIGHTS) <= set(MODELS)
     assert published_from_hub(HUB_CARDS) == read_published() == PUBLISHED
@@ -117,13 +117,14 @@ def test_an_unknown_tag_is_an_error_naming_the_published_ones(name, with_weights
         timm.create_model(name, pretrained=with_weights)
 
 
-def _hub_folder(tmp_path, name, edit=lambda config: None):
-    """A copy of a published folder's config.json (what the record reads), as `name`."""
-    config = json.loads((HUB_CARDS / name / 'config.json').read_text())
-    edit(config)
+def _hub_folder(tmp_path, name, edit=lambda record: None):
+    """A copy of a published folder's config.json and xsep_zoo.json (what the record reads), as `name`."""
+    record = json.loads((HUB_CARDS / name / 'xsep_zoo.json').read_text())
+    edit(record)
     folder = tmp_path / name
     folder.mkdir()
-    (folder / 'config.json').write_text(json.dumps(config))
+    (folder / 'config.json').write_text((HUB_CARDS / name / 'config.json').read_text())
+    (folder / 'xsep_zoo.json').write_text(json.dumps(record))
     return folder
 
 
@@ -148,7 +149,7 @@ def test_record_published_refuses_a_misnamed_folder_or_an_unknown_dataset(tmp_pa
     with pytest.raises(ValueError, match='its config.json is for mobilenetv3_small_xsep_100.cifar10_e400'):
         record_published(misnamed, path)
     other = _hub_folder(tmp_path, 'mobilenetv3_small_dw_050.cifar10',
-                        lambda config: config['xsep_zoo'].update(dataset='cifar100'))
+                        lambda record: record.update(dataset='cifar100'))
     with pytest.raises(ValueError, match="dataset 'cifar100' has no pretrained cfg"):
         record_published(other, path)
     assert read_published(path) == {}

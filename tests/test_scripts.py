@@ -1,6 +1,7 @@
-"""Command-line scripts: what they write into the README is what they compute now."""
+"""Command-line scripts: what they write into the README and docs/ is what they compute now."""
 import importlib.util
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,10 +24,25 @@ def _load_script(name):
     return module
 
 
-def test_readme_model_table_is_current():
+def test_docs_model_table_is_current():
     model_table = _load_script('model_table')
-    readme = (ROOT / 'README.md').read_text()
-    assert replace_section(readme, 'model-table', model_table.model_table(32)) == readme
+    page = (ROOT / 'docs' / 'models.md').read_text()
+    assert replace_section(page, 'model-table', model_table.model_table(32)) == page
+
+
+def test_welch_t_test_matches_the_t_distribution():
+    zoo_table = _load_script('zoo_table')
+    # equal sizes and variances: Student's t with 6 degrees of freedom, t = -2.191, two-sided p = 0.0710
+    t, df, p = zoo_table.welch_t_test([1, 2, 3, 4], [3, 4, 5, 6])
+    assert (round(t, 4), df, round(p, 4)) == (-2.1909, 6.0, 0.071)
+    # unequal variances: p is twice the tail of the t density beyond |t|, integrated numerically
+    t, df, p = zoo_table.welch_t_test([79.5, 82.6, 80.0], [85.2, 84.9, 85.5])
+    density = lambda x: math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) * \
+        (1 + x * x / df) ** (-(df + 1) / 2)
+    step, tail = 1e-3, 0.0
+    for i in range(400_000):
+        tail += density(abs(t) + (i + 0.5) * step) * step
+    assert p == pytest.approx(2 * tail, rel=1e-3)
 
 
 def test_replace_section_refuses_a_readme_without_markers():
@@ -95,6 +111,9 @@ def test_export_shows_paths_from_the_repository_root():
     first_stretch = (f'{ROOT}/scripts/train.py --model m --seed 0 --time-limit 148 --output-dir {ROOT}/runs/r '
                      '--runs-at-once=2')
     assert export._portable_command(first_stretch) == 'scripts/train.py --model m --seed 0 --output-dir runs/r'
+    # a local dataset copy is named by what it is, never by a path of the machine that trained
+    assert export._portable_command('train.py --data-source /data/cifar10 --seed 1') == \
+        'train.py --data-source $DATA --seed 1'
     assert export._portable_command('train.py --runs-at-once 2 --seed 1 --time-limit=9') == 'train.py --seed 1'
 
 
@@ -110,10 +129,7 @@ def test_export_names_each_machine_once_per_stretch_of_epochs():
     assert stretches == [dict(machine=record['machine'], epochs=[1, 2], seconds=5400),
                          dict(machine='1 x GPU, torch 2', epochs=[3, 3], seconds=360),
                          dict(machine=record['machine'], epochs=[4, 5], seconds=7200)]
-    assert export._where_trained(stretches) == ('CPU A, 1 thread x 1 process, torch 2 (epochs 1-2, 1.50 h); '
-                                                '1 x GPU, torch 2 (epoch 3, 0.10 h); '
-                                                'CPU A, 1 thread x 1 process, torch 2 (epochs 4-5, 2.00 h)')
-    assert export._where_trained(export._stretches(record, log[:2])) == record['machine']
+    assert export._hardware(stretches) == 'CPU A; GPU'  # each processor once: the card says what, not how
 
 
 BENCH_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
@@ -177,8 +193,8 @@ def test_benchmark_tables_go_into_the_readme_section(benchmark_run):
 
 
 @pytest.mark.parametrize('section', ['benchmark-cpu', 'benchmark-cuda'])
-def test_readme_benchmark_tables_come_from_the_script(section):
-    readme = (ROOT / 'README.md').read_text()
+def test_docs_benchmark_tables_come_from_the_script(section):
+    readme = (ROOT / 'docs' / 'speed.md').read_text()
     start, end = f'<!-- {section}:start -->', f'<!-- {section}:end -->'
     body = readme.split(start)[1].split(end)[0]
     assert body.lstrip().startswith('Measured on') and '`python scripts/benchmark.py' in body

@@ -18,7 +18,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from xsep_zoo.hub import WeightsError, load_matching_state_dict, sha256_file
+from xsep_zoo.hub import WeightsError, load_matching_state_dict, read_record, sha256_file
 
 from conftest import MODEL, ROOT, TRAIN_ARGS, run_script
 
@@ -117,14 +117,17 @@ def test_resume_refuses_other_settings(trained_run, script_env):
     assert result.returncode != 0 and "'lr': (0.1, 0.2)" in result.stderr
 
 
-def test_export_writes_a_hub_folder(exported, trained_run):
-    assert sorted(p.name for p in exported.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+def test_export_writes_a_hub_folder(exported, trained_run, cifar10_dir):
+    assert sorted(p.name for p in exported.iterdir()) == \
+        ['README.md', 'config.json', 'curves.png', 'log.jsonl', 'model.safetensors', 'xsep_zoo.json']
     config = json.loads((exported / 'config.json').read_text())
     assert config['architecture'] == MODEL and config['num_classes'] == 10
-    assert config['weights_sha256'] == sha256_file(exported / 'model.safetensors')
+    assert config['label_names'][:2] == ['airplane', 'automobile'] and 'model_args' not in config  # timm's layout
     fields = {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)}
     assert set(config['pretrained_cfg']) <= fields
-    results = config['xsep_zoo']
+    results = read_record(exported)
+    assert results['weights_sha256'] == sha256_file(exported / 'model.safetensors')
+    assert (exported / 'log.jsonl').read_text() == (trained_run / 'log.jsonl').read_text()
     assert results['count'] == 256 and results['dataset'] == 'cifar10'
     exported_sd, final_sd = load_file(exported / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
     assert all(torch.equal(exported_sd[k], final_sd[k]) for k in final_sd)
@@ -132,8 +135,9 @@ def test_export_writes_a_hub_folder(exported, trained_run):
     front = card.split('---')[1]
     assert 'library_name: timm' in front and 'pipeline_tag: image-classification' in front
     assert 'model-index' in front and f"value: {round(results['top1'], 2)}" in front
-    assert 'uoft-cs/cifar10' in front
-    assert 'JPEG' in card  # the data is the shared JPEG copy, and the card says so
+    # a local copy is not the Hub dataset: the card names it and does not list uoft-cs/cifar10 as its data
+    assert 'datasets:' not in front and 'not the lossless `uoft-cs/cifar10`' in card
+    assert 'synthetic JPEG images' in card and str(cifar10_dir) not in card and '--data-source $DATA' in card
     assert f"| {results['top1']:.2f} | {results['top5']:.2f} |" in card
     assert 'import xsep_zoo' in card and 'scripts/train.py' in card and 'scripts/eval.py' in card
     assert f'python scripts/train.py --model {MODEL}' in card  # run from the repository root, wherever it is
@@ -141,7 +145,7 @@ def test_export_writes_a_hub_folder(exported, trained_run):
     log = _log(trained_run)
     assert results['trained_on'] == [dict(machine=log[0]['machine'], epochs=[1, 2],
                                           seconds=pytest.approx(log[0]['seconds'] + log[1]['seconds']))]
-    assert f"on {log[0]['machine']}, with:" in card  # where it trained, plainly: no scheduling, no float mode
+    assert f"2 epochs, {results['train_seconds'] / 3600:.2f} h on {log[0]['machine'].split(', ')[0]}, with" in card
 
 
 def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log):
@@ -153,7 +157,7 @@ def _export_copy(trained_run, tmp_path, script_env, cifar10_dir, edit_log):
     run_script('export.py', run_dir, '--hub-root', tmp_path / 'hub', '--data-source', cifar10_dir,
                '--test-limit', '256', env=script_env)
     folder = tmp_path / 'hub' / f'{MODEL}.cifar10'
-    return json.loads((folder / 'config.json').read_text())['xsep_zoo'], (folder / 'README.md').read_text()
+    return read_record(folder), (folder / 'README.md').read_text()
 
 
 def test_every_epoch_logs_its_machine(trained_run):
@@ -186,9 +190,7 @@ def test_export_names_each_machine_a_resumed_run_was_trained_on(trained_run, tmp
     assert [(s['machine'], s['epochs']) for s in results['trained_on']] == \
         [('1 x Some GPU, torch 9', [1, 1]), (log[1]['machine'], [2, 2])]
     assert 'runs_at_once' not in results
-    gpu_hours, cpu_hours = log[0]['seconds'] / 3600, log[1]['seconds'] / 3600
-    assert (f"on 1 x Some GPU, torch 9 (epoch 1, {gpu_hours:.2f} h); "
-            f"{log[1]['machine']} (epoch 2, {cpu_hours:.2f} h), with:") in card
+    assert f"h on Some GPU; {log[1]['machine'].split(', ')[0]}, with" in card
     assert 'at once' not in card and 'subnormal' not in card
 
 
@@ -201,7 +203,7 @@ def test_eval_of_export_equals_eval_of_checkpoint(exported, trained_run, tmp_pat
     hub, run, ckpt = (json.loads((tmp_path / f'{n}.json').read_text()) for n in ('hub', 'run', 'ckpt'))
     keys = ('top1', 'top5', 'loss', 'correct1', 'correct5', 'count')
     assert [hub[k] for k in keys] == [run[k] for k in keys] == [ckpt[k] for k in keys]
-    card = json.loads((exported / 'config.json').read_text())['xsep_zoo']
+    card = read_record(exported)
     assert (card['top1'], card['top5'], card['count']) == (hub['top1'], hub['top5'], hub['count'])
 
 

@@ -1,5 +1,4 @@
 """The published zoo: every Hub folder in hub_cards/ reproduces its model card exactly."""
-import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ import timm
 from conftest import ROOT, SMALL_CIFAR10_SIZES, run_script
 from xsep_zoo.data import DATASETS, load_test
 from xsep_zoo.engine import evaluate_model
+from xsep_zoo.hub import read_record
 
 PUBLISHED = sorted(p.parent for p in (ROOT / 'hub_cards').glob('*/config.json'))
 
@@ -15,8 +15,7 @@ PUBLISHED = sorted(p.parent for p in (ROOT / 'hub_cards').glob('*/config.json'))
 @pytest.mark.parametrize('folder', PUBLISHED, ids=lambda p: p.name)
 def test_published_model_matches_its_card(folder, real_cifar10, monkeypatch):
     monkeypatch.delenv('XSEP_ZOO_HUB_DIR', raising=False)
-    config = json.loads((folder / 'config.json').read_text())
-    card = config['xsep_zoo']
+    card = read_record(folder)
     name = folder.name  # '<model>.<tag>': the registered tag must load exactly this folder
     assert name in timm.list_pretrained(), f'{name} is not a registered pretrained tag'
     model = timm.create_model(name, pretrained=True)

@@ -26,10 +26,11 @@ from .constants import (
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, SVHN_MEAN, SVHN_STD, TINY_IMAGENET_MEAN,
     TINY_IMAGENET_STD,
 )
+from .hub import sha256_file
 
 __all__ = [
     'AUGMENTATIONS', 'DATASETS', 'DataError', 'DataNotFoundError', 'DatasetSpec', 'ImageTensors', 'get_spec',
-    'load_split', 'load_train', 'load_test', 'augment', 'random_crop_flip', 'random_resized_crop_flip', 'normalize',
+    'load_split', 'load_train', 'load_test', 'describe_source', 'augment', 'random_crop_flip', 'random_resized_crop_flip', 'normalize',
 ]
 
 AUGMENTATIONS = ('crop_flip', 'none', 'random_resized_crop_flip')
@@ -355,6 +356,30 @@ def load_train(dataset: str, source: Source = None, limit: int | None = None, se
     """
     spec = get_spec(dataset)
     return _to_tensors(spec, [(s, *_load_rows(spec, s, source)) for s in spec.train_splits], limit, seed)
+
+
+def describe_source(dataset: str, source: Source = None) -> dict:
+    """What a dataset source is, for a model card: its name, and for a local copy the sha256 of its test files.
+
+    A local copy is named by its README's `pretty_name` (else its folder name) and identified by the
+    sha256 of its test-split parquet files, so a card never names a path of the machine it was made on,
+    and a later evaluation can tell whether it reads the same test images.
+    """
+    spec = get_spec(dataset)
+    if source is None:
+        return dict(name=spec.hub_id, hub_id=spec.hub_id)
+    if isinstance(source, Mapping):
+        files = source[spec.test_split]
+        files = [Path(f) for f in (files if isinstance(files, (list, tuple)) else [files])]
+        name = f'a local copy of {spec.hub_id}'
+    else:
+        folder = Path(source)
+        files = sorted(folder.rglob(f'{spec.test_split}-*.parquet'))
+        readme = folder / 'README.md'
+        titles = [line.split(':', 1)[1].strip() for line in (readme.read_text().splitlines() if readme.is_file()
+                                                             else ()) if line.startswith('pretty_name:')]
+        name = titles[0] if titles else f'a local copy of {spec.hub_id} ({folder.name})'
+    return dict(name=name, test_files_sha256=sorted(sha256_file(f) for f in files))
 
 
 def load_test(dataset: str, source: Source = None, limit: int | None = None, seed: int = 0) -> ImageTensors:

@@ -1,12 +1,13 @@
 """Pretrained weights: the zoo's Hub repos, local copies of them, and loading that never guesses.
 
-A Hub repo of the zoo is a folder `<model>.<tag>/` with `model.safetensors`, timm's `config.json`
-(plus, at its top level, the sha256 of the weights and the fields that define the network as they
-were at export) and the model card `README.md`. The repository keeps these folders in `hub_cards/`;
-`timm.create_model(name, pretrained=True)` reads the local folder when there is one and the Hub
-otherwise, and in both cases refuses weights whose sha256 differs from the one recorded, and a
-config.json whose architecture fields differ from the recorded ones (timm would build another
-network around the weights, or drop their classifier), rather than loading something else.
+A Hub repo of the zoo is a folder `<model>.<tag>/` holding what timm's `push_to_hf_hub` publishes
+(`model.safetensors`, `config.json` in timm's layout, the model card `README.md`) and the zoo's own
+record beside them, `xsep_zoo.json`: the sha256 of the weights, the config fields that define the
+network as they were at export, and how the weights were made and measured. The repository keeps
+these folders in `hub_cards/`; `timm.create_model(name, pretrained=True)` reads the local folder when
+there is one and the Hub otherwise, and in both cases refuses weights whose sha256 differs from the
+one recorded, and a config.json whose architecture fields differ from the recorded ones (timm would
+build another network around the weights, or drop their classifier), rather than loading something else.
 """
 import hashlib
 import json
@@ -22,8 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = [
-    'HUB_DIR_ENV', 'UNVERIFIED_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'WeightsError', 'local_hub_root', 'local_repo_dir',
-    'sha256_file', 'read_hub_config', 'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
+    'HUB_DIR_ENV', 'UNVERIFIED_ENV', 'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'RECORD_NAME', 'WeightsError',
+    'local_hub_root', 'local_repo_dir', 'sha256_file', 'read_hub_config', 'read_record', 'hub_config',
+    'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
     'pretrained_weights_overlay', 'load_matching_state_dict',
     'write_hub_folder',
 ]
@@ -32,10 +34,14 @@ HUB_DIR_ENV = 'XSEP_ZOO_HUB_DIR'  # another local root of Hub folders, instead o
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
-SHA256_KEY = 'weights_sha256'  # top-level key of config.json; timm ignores it
+RECORD_NAME = 'xsep_zoo.json'  # the zoo's record of a Hub folder, beside timm's files
+SHA256_KEY = 'weights_sha256'
 # What timm builds the network from; recorded at export under EXPORTED_KEY, so an edit is caught before loading.
 ARCHITECTURE_FIELDS = ('architecture', 'num_classes', 'num_features', 'global_pool', 'model_args')
 EXPORTED_KEY = 'exported_config'
+# model_args timm writes that leave the network as the registry builds it: only the others belong in config.json
+# (transformers' timm wrapper passes num_classes itself and refuses a config that repeats it)
+NEUTRAL_MODEL_ARGS = {'in_chans': 3, 'global_pool': 'avg'}
 # set to 1 to load a Hub folder of one's own that records no checksum (say, saved by timm's save_for_hf)
 UNVERIFIED_ENV = 'XSEP_ZOO_ALLOW_UNVERIFIED'
 
@@ -69,16 +75,42 @@ def sha256_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise WeightsError(f'{path}: not found; a Hub folder of the zoo holds {what}')
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f'{path}: not valid JSON ({e}); restore the file, e.g. download it again') from None
+    if not isinstance(data, dict):
+        raise WeightsError(f'{path}: expected a JSON object, found {type(data).__name__}')
+    return data
+
+
 def read_hub_config(config_path: Path) -> dict:
     """A Hub folder's config.json as a dict, or a WeightsError that names the file and what is wrong with it."""
-    if not config_path.is_file():
-        raise WeightsError(f'{config_path}: not found; a Hub folder holds config.json beside {WEIGHTS_NAME}')
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f'{config_path}: not valid JSON ({e}); restore the file, e.g. download it again') from None
-    if not isinstance(config, dict):
-        raise WeightsError(f'{config_path}: expected a JSON object, found {type(config).__name__}')
+    return _read_json(Path(config_path), f'{CONFIG_NAME} beside {WEIGHTS_NAME}')
+
+
+def read_record(folder: Union[str, Path]) -> dict:
+    """The zoo's record of a Hub folder (xsep_zoo.json): checksum, exported architecture, results, recipe."""
+    return _read_json(Path(folder) / RECORD_NAME, f'{RECORD_NAME}, its checksum and results')
+
+
+def hub_config(model: nn.Module) -> dict:
+    """config.json in timm's layout for `model`: class names at the top level, and in model_args only what
+    changes the network (timm 1.0.31 also writes num_classes there, which transformers refuses)."""
+    from timm.models._hub import save_config_for_hf
+    with tempfile.TemporaryDirectory() as tmp:
+        save_config_for_hf(model, f'{tmp}/{CONFIG_NAME}')
+        config = json.loads(Path(tmp, CONFIG_NAME).read_text())
+    args = {k: v for k, v in config.pop('model_args', {}).items()
+            if k != 'num_classes' and NEUTRAL_MODEL_ARGS.get(k, object()) != v}
+    if args:
+        config['model_args'] = args
+    labels = config['pretrained_cfg'].pop('label_names', None)
+    if labels is not None:
+        config['label_names'] = list(labels)
     return config
 
 
@@ -92,29 +124,33 @@ def _unverified_allowed(allow_unverified: Optional[bool]) -> bool:
 
 
 def verified_weights(config_path: Path, weights_path: Path, allow_unverified: Optional[bool] = None) -> Path:
-    """`weights_path`, once its sha256 and the config's architecture fields match what `config_path` records.
+    """`weights_path`, once its sha256 and the config's architecture fields match what the folder's record holds.
 
-    A folder that records no checksum is refused unless `allow_unverified` (default: the
-    XSEP_ZOO_ALLOW_UNVERIFIED environment variable set to 1) says it is the user's own.
+    The record is xsep_zoo.json beside config.json. A folder without one is refused unless
+    `allow_unverified` (default: the XSEP_ZOO_ALLOW_UNVERIFIED environment variable set to 1) says it
+    is the user's own.
     """
+    config_path = Path(config_path)
     config = read_hub_config(config_path)
     if not weights_path.is_file():
         raise WeightsError(f'{weights_path}: weights file not found')
-    expected = config.get(SHA256_KEY)
-    if expected is None:
+    record_path = config_path.with_name(RECORD_NAME)
+    if not record_path.is_file():
         if _unverified_allowed(allow_unverified):
             return weights_path
         raise WeightsError(
-            f'{config_path}: records no {SHA256_KEY}, so nothing vouches for {weights_path.name} beside it '
-            f'(the zoo\'s folders record one); to load a folder of your own anyway, set {UNVERIFIED_ENV}=1')
+            f'{config_path.parent}: holds no {RECORD_NAME}, so nothing vouches for {weights_path.name} beside it '
+            f'(the zoo\'s folders hold one); to load a folder of your own anyway, set {UNVERIFIED_ENV}=1')
+    record = _read_json(record_path, f'{RECORD_NAME}, its checksum and results')
+    expected = record.get(SHA256_KEY)
     actual = sha256_file(weights_path)
     if actual != expected:
         raise WeightsError(
-            f'{weights_path}: sha256 {actual} differs from {expected} recorded in {config_path}; '
+            f'{weights_path}: sha256 {actual} differs from {expected} recorded in {record_path}; '
             'the file is truncated, corrupt or replaced, refusing to load it')
-    recorded = config.get(EXPORTED_KEY)
+    recorded = record.get(EXPORTED_KEY)
     if not isinstance(recorded, dict):
-        raise WeightsError(f'{config_path}: records no {EXPORTED_KEY}, the architecture the weights were exported '
+        raise WeightsError(f'{record_path}: records no {EXPORTED_KEY}, the architecture the weights were exported '
                            'for; restore the file, e.g. download it again')
     for field, value in exported_config(config).items():
         if value != recorded.get(field):
@@ -207,6 +243,11 @@ def pretrained_weights_overlay(pretrained_cfg: Mapping[str, Any]) -> Optional[di
             config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         else:
             config, weights = _download(hf_hub_id, CONFIG_NAME), _download(hf_hub_id, WEIGHTS_NAME)
+            try:  # into the same snapshot folder as config.json, where verified_weights looks for it
+                _download(hf_hub_id, RECORD_NAME)
+            except WeightsError:
+                if not _unverified_allowed(None):
+                    raise
     else:
         return None
     verified_weights(config, weights)
@@ -250,32 +291,36 @@ def load_matching_state_dict(
 def write_hub_folder(
         folder: Path,
         model: nn.Module,
-        state_dict: Mapping[str, torch.Tensor],
+        weights: Union[Path, Mapping[str, torch.Tensor]],
         card: str,
-        extra_config: Optional[dict] = None,
+        record: Optional[dict] = None,
+        files: Optional[Mapping[str, Union[str, bytes]]] = None,
         overwrite: bool = False,
 ) -> Path:
-    """Write a Hub repo folder (weights, config.json with their sha256, model card), all or nothing.
+    """Write a Hub repo folder (weights, timm's config.json, card, the zoo's record, other `files`), all or nothing.
 
-    Everything is written to a temporary sibling first and moved into place at the end, so an
-    interrupted export leaves no half folder; an existing folder is replaced only with `overwrite`.
+    `weights` is a state dict, or a safetensors file copied as it is (a refreshed folder keeps its bytes).
+    The record gains the weights' sha256 and the config's architecture fields. Everything is written
+    to a temporary sibling first and moved into place at the end, so an interrupted export leaves no
+    half folder; an existing folder is replaced only with `overwrite`.
     """
-    from timm.models._hub import save_config_for_hf
-
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f'{folder} exists; pass --overwrite to replace it')
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
     try:
-        save_weights_file(state_dict, tmp / WEIGHTS_NAME)
-        save_config_for_hf(model, str(tmp / CONFIG_NAME))
-        config = json.loads((tmp / CONFIG_NAME).read_text())
-        config.update(extra_config or {})
-        config[SHA256_KEY] = sha256_file(tmp / WEIGHTS_NAME)
-        config[EXPORTED_KEY] = exported_config(config)
+        if isinstance(weights, Path):
+            shutil.copyfile(weights, tmp / WEIGHTS_NAME)
+        else:
+            save_weights_file(weights, tmp / WEIGHTS_NAME)
+        config = hub_config(model)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
+        record = {SHA256_KEY: sha256_file(tmp / WEIGHTS_NAME), EXPORTED_KEY: exported_config(config), **(record or {})}
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + '\n')
         (tmp / CARD_NAME).write_text(card)
+        for name, content in (files or {}).items():
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and save_file create them private
             path.chmod(0o755 if path.is_dir() else 0o644)
         if folder.exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .constants import CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD
-from .hub import CONFIG_NAME, WeightsError, read_hub_config
+from .hub import CONFIG_NAME, WeightsError, read_hub_config, read_record
 
 __all__ = [
     'PUBLISHED_PATH', 'PUBLISHED', 'DATASET_CFGS', 'UNTRAINED_TAG', 'read_published', 'published_entry',
@@ -59,16 +59,13 @@ def read_published(path: Union[str, Path] = PUBLISHED_PATH) -> Record:
 
 
 def published_entry(folder: Union[str, Path]) -> tuple[str, dict]:
-    """('<model>.<tag>', {dataset, top1}) of an exported Hub folder, from the results in its config.json."""
+    """('<model>.<tag>', {dataset, top1}) of an exported Hub folder, from the results in its record."""
     folder = Path(folder)
     config = read_hub_config(folder / CONFIG_NAME)
     name = f"{config.get('architecture')}.{(config.get('pretrained_cfg') or {}).get('tag')}"
     if folder.name != name:
         raise ValueError(f'{folder}: its config.json is for {name}; a Hub folder is named after its <model>.<tag>')
-    results = config.get('xsep_zoo')
-    if not isinstance(results, dict):
-        raise ValueError(f'{folder / CONFIG_NAME}: records no xsep_zoo results; export the run with '
-                         'scripts/export.py, which measures them')
+    results = read_record(folder)
     return name, _check_entry(name, dict(dataset=results.get('dataset'), top1=results.get('top1')), folder)
 
 
