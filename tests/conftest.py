@@ -5,6 +5,7 @@ the Hub's parquet layout, made here, so they pass on any machine. The tests that
 published cards need the CIFAR-10 copy the cards were measured on: point XSEP_ZOO_CIFAR10 at it
 (a folder in the Hub layout). Without it they skip, unless XSEP_ZOO_REQUIRE_DATA=1 makes them fail.
 """
+import importlib.util
 import io
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from fake_hub import fake_hub, fake_hub_root  # noqa: F401  (pytest fixtures, see tests/fake_hub.py)
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'scripts'))  # scripts import their sibling helpers, as when run directly
 MODEL = 'mobilenetv3_small_xsep_050'  # the smallest of the family keeps the training tests quick
 TRAIN_ARGS = [
     '--model', MODEL, '--dataset', 'cifar10', '--train-limit', '512', '--test-limit', '256',
@@ -79,6 +81,14 @@ def script_env(tmp_path_factory) -> dict:
                XSEP_ZOO_HUB_DIR=str(tmp_path_factory.mktemp('empty_hub_root')))
     env.pop('HF_ENDPOINT', None)
     return env
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module, to test its functions without a subprocess."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(name, *args, env, check=True, **kwargs):

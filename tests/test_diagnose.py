@@ -1,10 +1,8 @@
 """scripts/diagnose.py: the Hessian power iteration against a brute-force spectrum, per-stage gradient norms,
 BatchNorm collapse counts, the verdicts' thresholds, and one tiny end-to-end run (JSON and page)."""
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +14,7 @@ from safetensors.torch import save_file
 
 import xsep_zoo  # noqa: F401  (registers the models)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'scripts'))  # scripts import their sibling helpers, as when run directly
-
-from conftest import run_script  # noqa: E402
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_script as _load_script, run_script
 
 
 diagnose = _load_script('diagnose')

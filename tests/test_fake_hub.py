@@ -1,6 +1,5 @@
 """FakeHub answers the real huggingface_hub client (and timm) like the Hub: download, cache, errors, publish;
 and scripts/push.py, run against it, publishes a Hub folder's allow-listed files and nothing else."""
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from conftest import load_script
 from fake_hub import git_blob_sha1  # the fake_hub fixtures come from conftest.py
 
 TOKEN = "hf_fake_token_123"
@@ -225,21 +225,18 @@ LEFT_OUT = f"leaving out of {PUSH_REPO}: .cache/, .env, checkpoints/, pytorch_mo
 
 
 def _push_script():
-    spec = importlib.util.spec_from_file_location("push", ROOT / "scripts" / "push.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("push")
 
 
 def _planted_folder(tmp_path):
-    """A copy of a Hub folder plus a provenance file (both pushed) and the STRAYS (left out).
+    """A copy of a Hub folder plus a per-epoch log (all pushed) and the STRAYS (left out).
 
     Returns the folder and the files that belong on the Hub, name -> bytes."""
     root = tmp_path / "hub_root"
     folder = shutil.copytree(ROOT / "hub_cards" / HUB_CARD, root / HUB_CARD)
     _make_repo(root, HUB_CARD, {"log.jsonl": b'{"epoch": 1, "top1": 10.0}\n', **STRAYS})
     hub_files = {name: (folder / name).read_bytes() for name in ("README.md", "config.json", "log.jsonl",
-                                                                 "model.safetensors")}
+                                                                 "model.safetensors", "xsep_zoo.json")}
     return folder, hub_files
 
 

@@ -1,27 +1,15 @@
 """Command-line scripts: what they write into the README and docs/ is what they compute now."""
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 import xsep_zoo  # noqa: F401  (registers the models)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'scripts'))  # scripts import their sibling helpers, as when run directly
-
-from conftest import run_script  # noqa: E402
-from readme_section import replace_section  # noqa: E402
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_script as _load_script, run_script
+from readme_section import replace_section
 
 
 def test_docs_model_table_is_current():
