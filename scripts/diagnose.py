@@ -1,6 +1,6 @@
 """Training dynamics of the family: gradient per stage and top Hessian eigenvalue, at init and after the warm-up.
 
-    python scripts/diagnose.py --data-source ../shared/datasets/cifar10 --output diagnose.json \\
+    python scripts/diagnose.py --data-source /path/to/cifar10 --output diagnose.json \\
         --docs docs/training-dynamics.md                                  # every width-1.0 model, seeds 0 1 2
     python scripts/diagnose.py --models mobilenetv3_small_xsep_050 --seeds 0 --power-iters 5 --warmup-steps 20 ...
     python scripts/diagnose.py ... --estimate                             # time one model of each kind, measure nothing

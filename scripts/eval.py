@@ -4,7 +4,7 @@
     python scripts/eval.py --checkpoint runs/x                                     # a training run or checkpoint
     python scripts/eval.py --hub-folder hub_cards/mobilenetv3_small_xsep_100.cifar10
     python scripts/eval.py --model mobilenetv3_small_xsep --pretrained --reparameterize  # the inference form
-    ... --data-source ../shared/datasets/cifar10 --output results.json
+    ... --data-source /path/to/cifar10 --output results.json
 
 Model and dataset default to what the run or Hub folder records. Always fp32, full test split.
 """

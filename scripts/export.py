@@ -57,7 +57,7 @@ def portable(value):
     """An absolute path inside the folder that holds this checkout, relative to the checkout's root.
 
     Cards show commands run from the repository root; `/home/me/xsep-zoo/scripts/train.py` and
-    `/home/me/shared/datasets/cifar10` become `scripts/train.py` and `../shared/datasets/cifar10`.
+    `/home/me/data/cifar10` become `scripts/train.py` and `../data/cifar10`.
     Anything else (not a path, or outside that folder) is returned as is.
     """
     if not isinstance(value, str) or not os.path.isabs(value):

@@ -1,7 +1,7 @@
 """Train or fine-tune a zoo model (any timm model) on a Hugging Face dataset with Accelerate.
 
     accelerate launch scripts/train.py --model mobilenetv3_small_xsep_100 --dataset cifar10 --output-dir runs/x
-    python scripts/train.py ... --data-source ../shared/datasets/cifar10       # a local copy, offline
+    python scripts/train.py ... --data-source /path/to/cifar10                # a local copy, offline
     python scripts/train.py --output-dir runs/x --resume                         # continue a killed run
     python scripts/train.py --output-dir runs/x --resume --time-limit 150        # stop, checkpointed, within 150 min
 

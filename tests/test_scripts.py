@@ -92,7 +92,7 @@ def test_export_shows_paths_from_the_repository_root():
     assert export.portable(str(ROOT / 'scripts' / 'train.py')) == 'scripts/train.py'
     assert export.portable(f'{ROOT}/runs/../runs/x') == 'runs/x'
     if ROOT.parent != Path(ROOT.anchor):
-        assert export.portable(str(ROOT.parent / 'shared' / 'datasets' / 'cifar10')) == '../shared/datasets/cifar10'
+        assert export.portable(str(ROOT.parent / 'data' / 'cifar10')) == '../data/cifar10'
     assert export.portable('/proc/cpuinfo') == '/proc/cpuinfo'  # outside the checkout's folder: kept
     assert export.portable('runs/x') == 'runs/x' and export.portable(None) is None and export.portable(0.35) == 0.35
     # the first stretch of a long run: the card's command trains all of it (older runs also recorded --runs-at-once)

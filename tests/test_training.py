@@ -1,4 +1,4 @@
-"""Training, resuming after SIGKILL, evaluation and export, on a slice of the shared CIFAR-10.
+"""Training, resuming after SIGKILL, evaluation and export, on a slice of the small CIFAR-10 the tests make.
 
 The scripts run as the user runs them (subprocesses of `python scripts/...`); one short run is
 shared by the tests that only read it.
