@@ -32,6 +32,7 @@ from xsep_zoo.hub import (CARD_NAME, RECORD_NAME, WEIGHTS_NAME, WeightsError, lo
                           read_record, verified_weights, write_hub_folder)
 from xsep_zoo.model_card import CardFacts, ComparisonRow, render_model_card
 from xsep_zoo.pretrained import DATASET_CFGS, record_published
+from zoo_table import comparison_lines, load_results  # a sibling script: the zoo table's statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_NAME, CURVES_NAME = 'log.jsonl', 'curves.png'
@@ -154,6 +155,11 @@ def _comparison(record: dict, hub_root: Path) -> list:
             for key, r in sorted(rows.items(), key=lambda kv: (kv[1]['macs'], kv[0]))]
 
 
+def _seed_statistics(record: dict, hub_root: Path) -> list:
+    """The zoo table's XSepConv-against-DW lines (mean, sd, Welch's t-test) that concern this model."""
+    return [line for line in comparison_lines(load_results(hub_root)) if f"`{record['model']}`" in line]
+
+
 def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
     """The model card of a Hub folder, from its record and the records of the zoo's other folders."""
     spec = DATASETS[record['dataset']]
@@ -168,7 +174,8 @@ def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
         macs=record['macs'], input_size=tuple(record['macs_input_size']), recipe=record['recipe'],
         train_command=record['train_command'], epochs=record['epochs'], train_hours=record['train_seconds'] / 3600,
         hardware=_hardware(record['trained_on']), curves=CURVES_NAME if has_log else None, log_note=log_note,
-        comparison=_comparison(record, hub_root), base_model=record.get('base_model'),
+        comparison=_comparison(record, hub_root), seed_statistics=_seed_statistics(record, hub_root),
+        base_model=record.get('base_model'),
     ))
 
 

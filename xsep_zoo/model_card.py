@@ -56,6 +56,7 @@ class CardFacts:
     curves: Optional[str] = None  # file name of the curves image, when the per-epoch log was kept
     log_note: str = ''  # what of the per-epoch log there is
     comparison: list = field(default_factory=list)  # ComparisonRow
+    seed_statistics: list = field(default_factory=list)  # markdown lines: XSepConv against DW over seeds
     license: str = 'apache-2.0'
     base_model: Optional[str] = None
 
@@ -92,6 +93,8 @@ def render_model_card(f: CardFacts) -> str:
               f'top-1/top-5 and loss, learning rate and seconds of every epoch. {f.log_note}'
               if f.curves else f.log_note)
     data_flag = '' if f.from_hub else ' --data-source $DATA'
+    seeds = ('\nXSepConv against its DW partner, top-1 mean over seeds (sd) and the difference:\n\n'
+             + '\n'.join(f.seed_statistics) + '\n') if f.seed_statistics else ''
     return f"""---
 {data.to_yaml()}
 ---
@@ -163,6 +166,7 @@ Published weights of the zoo on {name}, measured the same way (top-1 on the {f.t
 | model | top-1 (%) | MACs (M) | params (M) | epochs | |
 |---|---:|---:|---:|---:|---|
 {comparison}
+{seeds}
 
 ## Results
 Measured on all {m['count']:,} images of the {f.test_split} split of {f.data_name}, in fp32, the images only
