@@ -28,7 +28,7 @@ from xsep_zoo import MODELS, count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import (CARD_NAME, RECORD_NAME, WEIGHTS_NAME, WeightsError, load_weights_into, local_hub_root,
+from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_weights_into, local_hub_root,
                           read_record, verified_weights, write_hub_folder)
 from xsep_zoo.model_card import CardFacts, ComparisonRow, render_model_card
 from xsep_zoo.pretrained import DATASET_CFGS, record_published
@@ -133,15 +133,14 @@ def plot_curves(log: list, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _comparison(record: dict, hub_root: Path) -> list:
+def _comparison(record: dict, zoo: list) -> list:
     """This model, its DW or XSepConv partner, and the rest of the zoo's published weights on its dataset."""
     name = f"{record['model']}.{record['tag']}"
     partner = MODELS[record['model']].dw_partner
     partners_of = {n for n, m in MODELS.items() if m.dw_partner == record['model']}
     rows = {name: record}
-    for path in sorted(hub_root.glob(f'*/{RECORD_NAME}')):
-        other = json.loads(path.read_text())
-        if other.get('dataset') == record['dataset'] and 'model' in other:
+    for other in zoo:
+        if other['dataset'] == record['dataset']:
             rows.setdefault(f"{other['model']}.{other['tag']}", other)
 
     def note(key, r):
@@ -155,9 +154,9 @@ def _comparison(record: dict, hub_root: Path) -> list:
             for key, r in sorted(rows.items(), key=lambda kv: (kv[1]['macs'], kv[0]))]
 
 
-def _seed_statistics(record: dict, hub_root: Path) -> list:
+def _seed_statistics(record: dict, zoo: list) -> list:
     """The zoo table's XSepConv-against-DW lines (mean, sd, Welch's t-test) that concern this model."""
-    return [line for line in comparison_lines(load_results(hub_root)) if f"`{record['model']}`" in line]
+    return [line for line in comparison_lines(zoo) if f"`{record['model']}`" in line]
 
 
 def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
@@ -165,6 +164,7 @@ def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
     spec = DATASETS[record['dataset']]
     data = record['data']
     log_note = record.get('log_note', '')
+    zoo = load_results(hub_root)  # every published record, read once for both comparisons
     return render_model_card(CardFacts(
         repo_id=f"{HUB_ORG}/{record['model']}.{record['tag']}", model=record['model'], tag=record['tag'],
         description=MODELS[record['model']].description, paper=MODELS[record['model']].paper,
@@ -174,7 +174,7 @@ def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
         macs=record['macs'], input_size=tuple(record['macs_input_size']), recipe=record['recipe'],
         train_command=record['train_command'], epochs=record['epochs'], train_hours=record['train_seconds'] / 3600,
         hardware=_hardware(record['trained_on']), curves=CURVES_NAME if has_log else None, log_note=log_note,
-        comparison=_comparison(record, hub_root), seed_statistics=_seed_statistics(record, hub_root),
+        comparison=_comparison(record, zoo), seed_statistics=_seed_statistics(record, zoo),
         base_model=record.get('base_model'),
     ))
 
@@ -266,7 +266,7 @@ def refresh(folder: Path) -> Path:
     """Rewrite a published folder from its record: same weights (the file is kept), same figures, current card."""
     try:
         record = read_record(folder)
-        weights = verified_weights(folder / 'config.json', folder / WEIGHTS_NAME)
+        weights = verified_weights(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
     except WeightsError as e:
         sys.exit(str(e))
     log_path = folder / LOG_NAME

@@ -141,7 +141,7 @@ def verified_weights(config_path: Path, weights_path: Path, allow_unverified: Op
         raise WeightsError(
             f'{config_path.parent}: holds no {RECORD_NAME}, so nothing vouches for {weights_path.name} beside it '
             f'(the zoo\'s folders hold one); to load a folder of your own anyway, set {UNVERIFIED_ENV}=1')
-    record = _read_json(record_path, f'{RECORD_NAME}, its checksum and results')
+    record = read_record(config_path.parent)
     expected = record.get(SHA256_KEY)
     actual = sha256_file(weights_path)
     if actual != expected:
