@@ -38,12 +38,17 @@ from xsep_zoo.engine import (
     describe_machine, evaluate, flush_subnormals, image_loader, prepare_images, step_generator, warmup_cosine,
 )
 from xsep_zoo.hub import WEIGHTS_NAME, WeightsError, load_weights_file, load_weights_into, save_weights_file
+from xsep_zoo.recipe import HEAD_INITS, init_classifier, param_groups, zero_init_last_bn
 
 PAPER_RECIPE = dict(
     batch_size=128, momentum=0.9, weight_decay=6e-5, warmup_epochs=5, drop_rate=0.2,
     label_smoothing=0.0, ema_decay=0.0, mixed_precision='no', channels_last=True, clip_grad=0.0, seed=0,
-    eval_batch_size=256,
+    eval_batch_size=256, head_init='timm', zero_init_last=False, norm_bias_decay=True,
 )
+# Named recipes: what each changes from the paper's (after the dataset preset, before the flags).
+RECIPES = {
+    'paper': {},
+}
 PRESETS = {
     'cifar10': dict(epochs=400, lr=0.35),
     'cifar100': dict(epochs=400, lr=0.35),
@@ -65,9 +70,10 @@ LIMITS = {
     'clip_grad': (lambda v: 0 <= v < math.inf, '0 (off) or a positive norm'),
     'train_limit': (lambda v: v is None or v >= 1, 'at least 1'),
     'test_limit': (lambda v: v is None or v >= 1, 'at least 1'),
+    'head_init': (lambda v: v in HEAD_INITS, f'one of {", ".join(HEAD_INITS)}'),
 }
 # What a resumed run may set differently from the run it continues: where it is, and how fast it runs.
-RESUME_FREE = ('resume', 'output_dir', 'compile', 'time_limit')
+RESUME_FREE = ('resume', 'output_dir', 'compile', 'time_limit', 'stop_after')
 COMPILE_MODES = ('off', 'default', 'reduce-overhead', 'max-autotune')
 EMA_NAME = 'ema.safetensors'  # in each checkpoint, beside Accelerate's files
 
@@ -86,7 +92,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--time-limit', type=float, metavar='MINUTES',
                    help='stop, checkpointed, after the last epoch that ends within this many minutes (at least one '
                         'epoch runs); continue with --resume')
+    p.add_argument('--stop-after', type=int, metavar='EPOCHS',
+                   help='stop, checkpointed, once this many epochs of the schedule are done (a short look at a '
+                        'long run: the epochs are those of the full run)')
     g = p.add_argument_group('recipe (default: the paper\'s, per dataset)')
+    g.add_argument('--recipe', choices=sorted(RECIPES), help='a named recipe: changes to the paper\'s (default paper)')
     g.add_argument('--epochs', type=int)
     g.add_argument('--warmup-epochs', type=int)
     g.add_argument('--lr', type=float, help='peak learning rate for the global batch')
@@ -100,6 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument('--channels-last', action=argparse.BooleanOptionalAction,
                    help='channels_last memory format (default on: 2-2.7x faster on CPU, same math)')
     g.add_argument('--clip-grad', type=float, help='max gradient norm; 0 = off (default)')
+    g.add_argument('--head-init', choices=HEAD_INITS,
+                   help="classifier init: timm's uniform (default) or the first author's N(0, 0.001)")
+    g.add_argument('--zero-init-last', action=argparse.BooleanOptionalAction, default=None,
+                   help='start the last BatchNorm scale of every residual block at 0 (default: no)')
+    g.add_argument('--norm-bias-decay', action=argparse.BooleanOptionalAction, default=None,
+                   help='weight decay on BatchNorm parameters and biases too (default: yes, as the paper)')
     g.add_argument('--seed', type=int)
     g.add_argument('--eval-batch-size', type=int)
     f = p.add_argument_group('fine-tuning')
@@ -108,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument('--init-from',
                    help='start from a zoo checkpoint: run dir, checkpoint dir, Hub folder or .safetensors')
     args = p.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error(f'--stop-after must be at least 1 epoch, not {args.stop_after}')
     if args.time_limit is not None and args.time_limit <= 0:
         p.error(f'--time-limit must be a positive number of minutes, not {args.time_limit:g}')
     return args
@@ -127,7 +145,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
         sys.exit(f'{args.output_dir} exists; pass --resume to continue that run, or choose another --output-dir')
     dataset = given.get('dataset', 'cifar10')
     config = dict(model='mobilenetv3_small_xsep_100', dataset=dataset, data_source=None, train_limit=None,
-                  test_limit=None, pretrained=False, init_from=None, **PAPER_RECIPE, **PRESETS[dataset])
+                  test_limit=None, pretrained=False, init_from=None, recipe='paper', **PAPER_RECIPE,
+                  **PRESETS[dataset])
+    config.update(RECIPES[given.get('recipe', 'paper')])
     config.update(given)
     for key, (allowed, what) in LIMITS.items():
         if not allowed(config[key]):
@@ -304,7 +324,7 @@ class TimeLimit:
 
 
 def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: str = 'off',
-                      time_limit=None) -> None:
+                      time_limit=None, stop_after=None) -> None:
     limit = TimeLimit(time_limit)
     # First, before any op starts the thread pool: values below 1.2e-38 become 0 (see flush_subnormals).
     flushed = flush_subnormals()
@@ -336,6 +356,10 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         if config['init_from']:
             weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
             accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
+        elif not config['pretrained']:
+            init_classifier(model, config.get('head_init', 'timm'), config['seed'])
+            if config.get('zero_init_last'):
+                zero_init_last_bn(model)
     except WeightsError as e:
         sys.exit(str(e))
 
@@ -358,8 +382,8 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     model = model.to(memory_format=memory_format)
     if compile_mode != 'off':
         model.compile(mode=compile_mode)  # in place: the state_dict keeps its keys
-    optimizer = torch.optim.SGD(model.parameters(), lr=config['lr'], momentum=config['momentum'],
-                                weight_decay=config['weight_decay'])
+    groups = param_groups(model, config['weight_decay'], config.get('norm_bias_decay', True))
+    optimizer = torch.optim.SGD(groups, lr=config['lr'], momentum=config['momentum'])
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     steps_per_epoch = len(train_loader)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config['ema_decay']) if config['ema_decay'] > 0 else None
@@ -423,6 +447,11 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
                 f.write(json.dumps(record) + '\n')
         accelerator.print(json.dumps(record))
         checkpoints.save(epoch + 1, ema)
+        if stop_after and stop_after <= epoch + 1 < config['epochs']:
+            accelerator.print(f'--stop-after {stop_after}: stopped after epoch {epoch + 1} of {config["epochs"]}, '
+                              'checkpointed: continue with --resume')
+            accelerator.end_training()
+            return
         if time_limit and epoch + 1 < config['epochs']:
             fits = torch.tensor(float(limit.another_epoch_fits(time.perf_counter() - start)), device=accelerator.device)
             if accelerator.reduce(fits, 'sum').item() < world:  # every process stops after the same epoch
@@ -440,7 +469,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = resolve_config(args)
-    training_function(config, args.output_dir, args.resume, args.compile, args.time_limit)
+    training_function(config, args.output_dir, args.resume, args.compile, args.time_limit, args.stop_after)
 
 
 if __name__ == '__main__':
