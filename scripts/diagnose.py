@@ -2,7 +2,7 @@
 
     python scripts/diagnose.py --data-source /path/to/cifar10 --output diagnose.json \\
         --docs docs/training-dynamics.md                                  # every width-1.0 model, seeds 0 1 2
-    python scripts/diagnose.py --models mobilenetv3_small_xsep_050 --seeds 0 --power-iters 5 --warmup-steps 20 ...
+    python scripts/diagnose.py --models mobilenetv3_small_xsep_050 --seeds 0 --hessian-iters 5 --warmup-steps 20 ...
     python scripts/diagnose.py ... --estimate                             # time one model of each kind, measure nothing
     python scripts/diagnose.py --from-json diagnose.json --docs docs/training-dynamics.md   # the page of a saved run
 
@@ -11,7 +11,7 @@ For each model and seed (the seed of scripts/train.py: the same init, data order
   classifier) on one fixed training batch (the first batch of the seed --batch-seed run, augmented as in
   training; model in train mode, dropout on), with timm's classifier init and with the first author's
   N(0, 0.001) one; XSepConv models also relative to their DW partner at the same seed;
-- the top Hessian eigenvalue of that loss w.r.t. all parameters: power iteration on exact Hessian-vector
+- the top Hessian eigenvalue of that loss w.r.t. all parameters: Lanczos iteration on exact Hessian-vector
   products (double backward), with its change over the last iteration;
 - for --warmup-models, the same after --warmup-steps steps of the recipe (SGD 0.9, wd 6e-5, lr rising
   linearly to --lr): the first steps of scripts/train.py with that seed (its epoch-1 training loss is
@@ -52,12 +52,11 @@ from xsep_zoo.engine import (
     describe_machine, flush_subnormals, image_loader, prepare_images, step_generator, warmup_cosine,
 )
 from xsep_zoo.hub import RECORD_NAME, WEIGHTS_NAME, WeightsError, load_weights_file, read_record
+from xsep_zoo.recipe import HEAD_INITS, NORMAL_HEAD_STD, init_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = tuple(name for name, m in MODELS.items() if m.multiplier == 1.0)
 DEFAULT_WARMUP_MODELS = ('mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100')
-HEAD_INITS = ('timm', 'normal')  # timm's classifier init; the first author's N(0, 0.001) weights and zero bias
-NORMAL_HEAD_STD = 0.001
 RECIPE = dict(lr=0.35, momentum=0.9, weight_decay=6e-5, drop_rate=0.2, batch_size=128)
 SCHEDULE_EPOCHS = 20  # the zoo's CPU recipe: the warm-up belongs to a 20-epoch cosine schedule
 
@@ -65,7 +64,7 @@ SCHEDULE_EPOCHS = 20  # the zoo's CPU recipe: the warm-up belongs to a 20-epoch 
 FIRST_BLOCKS = 'blocks.0'  # "the gradient reaching the first blocks"
 ABOUT = 1.15  # "about x": a mean within x / 1.15 .. x * 1.15
 ORDER_OF_MAGNITUDE = (10 ** 0.5, 10 ** 1.5)  # "about an order of magnitude higher": a ratio of 3.2x .. 32x
-CONVERGED = 1e-2  # a power iteration whose last step moved the estimate by more than this (relative) did not converge
+CONVERGED = 1e-2  # a Lanczos iteration whose last step moved the estimate by more than this (relative) did not converge
 BLOWUP_LOSS = 1.5 * math.log(10)  # 1.5 x the loss of a uniform guess over 10 classes
 BLOWUP_AFTER = 50  # steps: the loss at init may be above it
 HEAD_MORE = 1.5  # "sends more gradient into the body": every (model, seed) at least 1.5x
@@ -109,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--head-init', nargs='+', choices=HEAD_INITS, default=list(HEAD_INITS),
                    help="classifier inits whose gradient is measured at init; the Hessian and the warm-up use the "
                         "first (default: timm normal)")
-    p.add_argument('--power-iters', type=int, default=20, help='most power iterations per Hessian (default 20)')
-    p.add_argument('--power-tol', type=float, default=1e-5,
+    p.add_argument('--hessian-iters', type=int, default=20, help='most Lanczos iterations per Hessian (default 20)')
+    p.add_argument('--hessian-tol', type=float, default=1e-5,
                    help='stop once an iteration moves the estimate by less than this, relative (default 1e-5)')
     p.add_argument('--warmup-models', nargs='*', default=list(DEFAULT_WARMUP_MODELS),
                    help='models trained through the warm-up and measured again (none: skip; default: dw_100, xsep_100)')
@@ -130,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.from_json and not args.docs:
         p.error('--from-json writes a page: pass --docs')
-    for name in ('batch_size', 'power_iters'):
+    for name in ('batch_size', 'hessian_iters'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be at least 1')
     for name in ('warmup_steps', 'train_limit'):
@@ -185,23 +184,36 @@ def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
 
 
-def _power_iteration(matvec: Callable, v: list[torch.Tensor], iters: int, tol: float) -> list[float]:
-    """Rayleigh quotients of the power iteration of `matvec` from the unit vector `v`, one per iteration."""
-    history: list[float] = []
+def _lanczos(matvec: Callable, v: list[torch.Tensor], iters: int, tol: float) -> tuple[list[float], list[float]]:
+    """Largest and smallest Ritz values of `matvec` after each Lanczos step from the unit vector `v`.
+
+    The extreme Ritz values converge to the extreme eigenvalues far faster than a power iteration, whichever
+    end has the larger magnitude. The basis is reorthogonalised in full (twice), so no ghost copies appear.
+    Stops once a step moves the largest value by less than `tol`, relative, or the space is exhausted.
+    """
+    basis, alphas, betas, tops, bottoms = [v], [], [], [], []
     for _ in range(iters):
-        mv = matvec(v)
-        history.append(_dot(v, mv))
-        norm = math.sqrt(_dot(mv, mv))
-        if norm == 0.0 or not math.isfinite(norm):
+        w = list(matvec(basis[-1]))
+        alphas.append(_dot(w, basis[-1]))
+        for _ in range(2):
+            for b in basis:
+                c = _dot(w, b)
+                w = [x - c * y for x, y in zip(w, b)]
+        tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        ritz = np.linalg.eigvalsh(tridiagonal)
+        tops.append(float(ritz[-1]))
+        bottoms.append(float(ritz[0]))
+        beta = math.sqrt(_dot(w, w))
+        converged = len(tops) > 1 and abs(tops[-1] - tops[-2]) <= tol * abs(tops[-1])
+        if converged or not math.isfinite(beta) or beta <= 1e-10 * max(abs(tops[-1]), abs(bottoms[-1]), 1e-30):
             break
-        v = [x / norm for x in mv]
-        if len(history) > 1 and abs(history[-1] - history[-2]) <= tol * abs(history[-1]):
-            break
-    return history
+        betas.append(beta)
+        basis.append([x / beta for x in w])
+    return tops, bottoms
 
 
-def _change(history: Sequence[float], shift: float = 0.0) -> float:
-    last = history[-1] + shift
+def _change(history: Sequence[float]) -> float:
+    last = history[-1]
     return abs(history[-1] - history[-2]) / abs(last) if len(history) > 1 and last != 0 else math.nan
 
 
@@ -212,13 +224,12 @@ def top_hessian_eigenvalue(
         tol: float = 0.0,
         seed: int = 0,
 ) -> dict:
-    """The largest eigenvalue of the Hessian, by power iteration on exact Hessian-vector products.
+    """The largest eigenvalue of the Hessian, by Lanczos iteration on exact Hessian-vector products.
 
-    `grads` are d loss / d `params` built with create_graph=True. Power iteration finds the eigenvalue of
-    largest magnitude; when that one is negative, a second one on H - that * I finds the largest. Returns
-    the estimate, its relative change over the last iteration, the iterations run (a run stops early once
-    an iteration changes the estimate by less than `tol`, relative), the estimates in order, and the
-    negative eigenvalue when there was one.
+    `grads` are d loss / d `params` built with create_graph=True. Returns the estimate, its relative change
+    over the last iteration, the iterations run (one Hessian-vector product each; a run stops early once an
+    iteration changes the estimate by less than `tol`, relative), the estimates in order, and the smallest
+    eigenvalue's estimate (which may be negative, and larger in magnitude: that does not hinder Lanczos).
     """
     generator = torch.Generator().manual_seed(seed)
     start = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
@@ -228,19 +239,14 @@ def top_hessian_eigenvalue(
     def hvp(v):
         return torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
 
-    history = _power_iteration(hvp, start, iters, tol)
-    result = dict(eigenvalue=history[-1], last_change=_change(history), iterations=len(history), history=history)
-    if history[-1] < 0:
-        shift = history[-1]
-        shifted = _power_iteration(lambda v: [h - shift * x for h, x in zip(hvp(v), v)], start, iters, tol)
-        result.update(eigenvalue=shifted[-1] + shift, last_change=_change(shifted, shift), dominant_negative=shift,
-                      iterations=len(history) + len(shifted), history=history + [x + shift for x in shifted])
-    return result
+    tops, bottoms = _lanczos(hvp, start, iters, tol)
+    return dict(eigenvalue=tops[-1], last_change=_change(tops), iterations=len(tops), history=tops,
+                smallest=bottoms[-1])
 
 
-def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, power_iters: int, power_tol: float,
+def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, hessian_iters: int, hessian_tol: float,
             seed: int) -> dict:
-    """Loss, per-stage gradient norms and (power_iters > 0) the top Hessian eigenvalue of `model` on one batch.
+    """Loss, per-stage gradient norms and (hessian_iters > 0) the top Hessian eigenvalue of `model` on one batch.
 
     Works on a copy in train mode and contiguous format, its dropout mask drawn from `seed`, inside a forked
     RNG: the model, its BatchNorm statistics and the global random stream are left as they were.
@@ -251,11 +257,11 @@ def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, power_
     with torch.random.fork_rng(devices=[]), TwiceDifferentiable():
         torch.manual_seed(seed)
         loss = F.cross_entropy(probe(inputs.contiguous()), labels)
-        grads = torch.autograd.grad(loss, params, create_graph=power_iters > 0)
+        grads = torch.autograd.grad(loss, params, create_graph=hessian_iters > 0)
         result = dict(loss=loss.item(), grad_norms=stage_norms(list(zip(names, grads))))
         result['grad_seconds'] = time.perf_counter() - start
-        if power_iters > 0:
-            result['hessian'] = top_hessian_eigenvalue(grads, params, power_iters, power_tol, seed)
+        if hessian_iters > 0:
+            result['hessian'] = top_hessian_eigenvalue(grads, params, hessian_iters, hessian_tol, seed)
     result['seconds'] = time.perf_counter() - start
     return result
 
@@ -279,10 +285,7 @@ def with_head_init(model: nn.Module, head_init: str, seed: int) -> nn.Module:
     if head_init == 'timm':
         return model
     model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, NORMAL_HEAD_STD, generator=generator)
-        model.classifier.bias.zero_()
+    init_classifier(model, head_init, seed)  # as scripts/train.py --head-init does
     return model
 
 
@@ -428,15 +431,15 @@ def time_costs(models: Sequence[str], inputs, labels, train, spec, args) -> dict
     return costs
 
 
-TYPICAL_ITERS = 10  # power iterations a Hessian at init usually takes to move less than 1e-5 (batch 32 and 128)
+TYPICAL_ITERS = 10  # Lanczos iterations a Hessian at init usually takes to move less than 1e-5 (batch 32 and 128)
 
 
-def estimate_seconds(models, warmup_models, costs, args, warmup_steps, test_images, power_iters: int) -> float:
-    """The run's time from `time_costs` with `power_iters` per Hessian; an evaluation batch costs a third of a step."""
+def estimate_seconds(models, warmup_models, costs, args, warmup_steps, test_images, hessian_iters: int) -> float:
+    """The run's time from `time_costs` with `hessian_iters` per Hessian; an evaluation batch costs a third of a step."""
     total = 0.0
     for name in models:
         c = costs['dw' if MODELS[name].dw_partner is None else 'xsep'] if len(costs) > 1 else next(iter(costs.values()))
-        measured = c['grad'] + power_iters * c['hvp']
+        measured = c['grad'] + hessian_iters * c['hvp']
         per_seed = measured + (len(args.head_init) - 1) * c['grad']
         if name in warmup_models:
             per_seed += ((warmup_steps + args.peak_steps) * c['step'] + measured
@@ -465,21 +468,21 @@ def run(args: argparse.Namespace) -> dict:
 
     costs = time_costs(models, inputs, labels, train, spec, args)
     test_images = len(test) if test else 0
-    estimate = estimate_seconds(models, args.warmup_models, costs, args, warmup_steps, test_images, args.power_iters)
+    estimate = estimate_seconds(models, args.warmup_models, costs, args, warmup_steps, test_images, args.hessian_iters)
     typical = estimate_seconds(models, args.warmup_models, costs, args, warmup_steps, test_images,
-                               min(args.power_iters, TYPICAL_ITERS))
+                               min(args.hessian_iters, TYPICAL_ITERS))
     for kind, c in costs.items():
         print(f'{c["model"]}: gradient {c["grad"]:.2f} s, Hessian-vector product {c["hvp"]:.2f} s, '
               f'training step {c["step"]:.2f} s (batch {args.batch_size}, {torch.get_num_threads()} threads)')
     print(f'time estimate: {len(models)} models x {len(args.seeds)} seeds, {len(args.warmup_models)} warmed up '
-          f'over {warmup_steps} + {args.peak_steps} steps: about {typical / 60:.1f} min with {TYPICAL_ITERS} power '
-          f'iterations per Hessian, at most {estimate / 60:.1f} min with all {args.power_iters}')
+          f'over {warmup_steps} + {args.peak_steps} steps: about {typical / 60:.1f} min with {TYPICAL_ITERS} Lanczos '
+          f'iterations per Hessian, at most {estimate / 60:.1f} min with all {args.hessian_iters}')
     results = dict(
         command=args.command, machine=describe_machine(), estimate_seconds=estimate, costs=costs,
         versions=dict(xsep_zoo=xsep_zoo.__version__, timm=timm.__version__, torch=torch.__version__),
         config=dict(models=models, seeds=args.seeds, dataset=args.dataset, data_source=args.data_source,
                     train_images=len(train), batch_seed=args.batch_seed,
-                    head_inits=args.head_init, power_iters=args.power_iters, power_tol=args.power_tol,
+                    head_inits=args.head_init, hessian_iters=args.hessian_iters, hessian_tol=args.hessian_tol,
                     warmup_models=[m for m in models if m in args.warmup_models], warmup_steps=warmup_steps,
                     peak_steps=args.peak_steps, schedule_steps=SCHEDULE_EPOCHS * steps_per_epoch,
                     test_images=len(test) if test else 0, threads=torch.get_num_threads(),
@@ -495,7 +498,7 @@ def run(args: argparse.Namespace) -> dict:
         model = create(name, seed, spec.num_classes, RECIPE['drop_rate'])
         for i, head_init in enumerate(args.head_init):
             probe = with_head_init(model, head_init, seed)
-            m = measure(probe, inputs, labels, args.power_iters if i == 0 else 0, args.power_tol, seed)
+            m = measure(probe, inputs, labels, args.hessian_iters if i == 0 else 0, args.hessian_tol, seed)
             results['measurements'].append(dict(model=name, seed=seed, head_init=head_init, when='init',
                                                 head=head_stats(probe), **m))
         if name in args.warmup_models:
@@ -520,7 +523,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def measure_after(model, inputs, labels, test, spec, args, seed) -> dict:
     """`measure` after the warm-up, and test top-1 (with the global random stream left as it was)."""
-    m = measure(model, inputs, labels, args.power_iters, args.power_tol, seed)
+    m = measure(model, inputs, labels, args.hessian_iters, args.hessian_tol, seed)
     if test is not None:
         with torch.random.fork_rng(devices=[]):
             m['top1'] = dict(test_top1=top1(model, test, spec, False),
@@ -640,15 +643,15 @@ def verdict_hessian(results: dict) -> list[str]:
                  if 'hessian' in m and m['when'] == 'init'), default=math.nan)
     converged = (f'every estimate converged (last change at most {worst:.1e})' if worst <= CONVERGED else
                  f'**not every estimate converged** (last change up to {worst:.1e}, threshold {CONVERGED:g}): '
-                 'rerun with more --power-iters')
+                 'rerun with more --hessian-iters')
     seeds = sorted({s for r in rows.values() for s in r})
     detail = ', '.join(f'{_short(m)} {_mean_sd(list(r.values()), ".1f", "x")}' + ('' if fits[m] else ' (outside)')
                        for m, r in rows.items())
     mean = statistics.fmean(statistics.fmean(r.values()) for r in rows.values())
-    negative = [m for m in results['measurements']
-                if m['when'] == 'init' and 'dominant_negative' in m.get('hessian', {})]
-    signs = (f' For {len(negative)} estimates the eigenvalue of largest magnitude was negative; the top one was then '
-             'found on H minus that times I.') if negative else ''
+    negative = [m for m in results['measurements'] if m['when'] == 'init'
+                and -m.get('hessian', {}).get('smallest', 0.0) > m.get('hessian', {}).get('eigenvalue', math.inf)]
+    signs = (f' For {len(negative)} estimates the eigenvalue of largest magnitude was negative (Lanczos finds the '
+             'top one all the same).') if negative else ''
     return [f'- Top Hessian eigenvalue at init about an order of magnitude above DW\'s: **{verdict}**: mean ratio '
             f'{mean:.1f}x ({_seed_text(seeds)}; {detail}; accepted range {low:.1f}-{high:.1f}x); {converged}.{signs}',
             *extra]
@@ -772,9 +775,9 @@ def render_page(results: dict, page_command: Optional[str] = None) -> str:
         f'{config["batch_seed"]} run ({config["batch_size"]} {config["dataset"]} images, augmented), the same for '
         'every model; the model is in train mode with dropout '
         f'{config["drop_rate"]:g}. The Hessian is that of the cross-entropy on this batch w.r.t. all parameters '
-        f'(no weight decay), its top eigenvalue found by power iteration on exact Hessian-vector products (at most '
-        f'{config["power_iters"]} iterations, stopped once one moves the estimate by less than '
-        f'{config["power_tol"]:g}).',
+        f'(no weight decay), its top eigenvalue found by Lanczos iteration on exact Hessian-vector products (at most '
+        f'{config["hessian_iters"]} iterations, stopped once one moves the estimate by less than '
+        f'{config["hessian_tol"]:g}).',
         '',
         '## Hypotheses',
         '',

@@ -1,4 +1,4 @@
-"""scripts/diagnose.py: the Hessian power iteration against a brute-force spectrum, per-stage gradient norms,
+"""scripts/diagnose.py: the Hessian Lanczos iteration against a brute-force spectrum, per-stage gradient norms,
 BatchNorm collapse counts, the verdicts' thresholds, and one tiny end-to-end run (JSON and page)."""
 import json
 import math
@@ -56,33 +56,32 @@ def _brute_force_spectrum(model, inputs, labels):
     return torch.linalg.eigvalsh((hessian + hessian.T) / 2)
 
 
-def test_power_iteration_finds_the_brute_force_top_eigenvalue():
+def test_lanczos_finds_the_brute_force_top_eigenvalue():
     torch.manual_seed(0)
     model = TinyNet().double().train()
     inputs = torch.randn(6, 2, 5, 5, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     spectrum = _brute_force_spectrum(model, inputs, labels)
     assert spectrum.numel() == sum(p.numel() for p in model.parameters()) > 50
-    result = diagnose.measure(model, inputs, labels, power_iters=500, power_tol=1e-12, seed=0)['hessian']
-    top = float(spectrum[-1])
-    assert top > abs(float(spectrum[0])), 'the test is meant for a spectrum whose largest-magnitude end is its top'
-    assert result['eigenvalue'] == pytest.approx(top, rel=1e-6)
-    assert result['last_change'] < 1e-8 and result['iterations'] < 500
+    result = diagnose.measure(model, inputs, labels, hessian_iters=500, hessian_tol=1e-12, seed=0)['hessian']
+    assert result['eigenvalue'] == pytest.approx(float(spectrum[-1]), rel=1e-6)
+    assert float(spectrum[0]) - 1e-9 <= result['smallest'] < 0  # a Ritz value: inside the spectrum
+    assert result['last_change'] < 1e-8 and result['iterations'] <= spectrum.numel()
     assert len(result['history']) == result['iterations']
-    assert 'dominant_negative' not in result
 
 
-def test_power_iteration_finds_the_top_when_a_negative_eigenvalue_dominates():
+def test_lanczos_finds_the_top_when_a_negative_eigenvalue_dominates():
     torch.manual_seed(1)
     q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
     a = q @ torch.diag(torch.tensor([-5.0, 3.0, 1.0, 0.5, -1.0, 0.1], dtype=torch.float64)) @ q.T
     theta = torch.randn(6, dtype=torch.float64, requires_grad=True)
     grads = torch.autograd.grad(0.5 * theta @ a @ theta, [theta], create_graph=True)
     result = diagnose.top_hessian_eigenvalue(grads, [theta], iters=400, tol=1e-13, seed=0)
-    assert result['dominant_negative'] == pytest.approx(-5.0, rel=1e-6)
+    assert result['smallest'] == pytest.approx(-5.0, rel=1e-6)
     assert result['eigenvalue'] == pytest.approx(3.0, rel=1e-6)
-    few = diagnose.top_hessian_eigenvalue(grads, [theta], iters=3, tol=0.0, seed=0)
-    assert few['iterations'] <= 6 and few['last_change'] > 1e-6  # a short run reports that it has not converged
+    assert result['iterations'] <= 6  # the space is exhausted after its dimension
+    few = diagnose.top_hessian_eigenvalue(grads, [theta], iters=2, tol=0.0, seed=0)
+    assert few['iterations'] == 2 and few['last_change'] > 1e-6  # a short run reports that it has not converged
 
 
 def test_stage_norms_sum_in_squares_and_match_plain_autograd():
@@ -91,7 +90,7 @@ def test_stage_norms_sum_in_squares_and_match_plain_autograd():
     inputs, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    norms = diagnose.measure(model, inputs, labels, power_iters=0, power_tol=0.0, seed=3)['grad_norms']
+    norms = diagnose.measure(model, inputs, labels, hessian_iters=0, hessian_tol=0.0, seed=3)['grad_norms']
     assert list(norms) == [*STAGES, 'body', 'total']
     assert sum(norms[s] ** 2 for s in STAGES) == pytest.approx(norms['total'] ** 2, rel=1e-9)
     assert norms['body'] ** 2 == pytest.approx(norms['total'] ** 2 - norms['classifier'] ** 2, rel=1e-9)
@@ -168,7 +167,7 @@ def _results(block0: dict, eigen: dict, body_normal: float = 0.01, long_fraction
                      per_stage={})]
     config = dict(models=models, seeds=[0, 1], head_inits=['timm', 'normal'], warmup_steps=50, peak_steps=10,
                   lr=0.35, test_images=0, batch_seed=0, batch_size=128, dataset='cifar10', drop_rate=0.2,
-                  power_iters=20, power_tol=1e-5, momentum=0.9, weight_decay=6e-5, schedule_steps=7800)
+                  hessian_iters=20, hessian_tol=1e-5, momentum=0.9, weight_decay=6e-5, schedule_steps=7800)
     return dict(command='python scripts/diagnose.py', machine='test', versions={}, config=config,
                 measurements=measurements, warmups=warmups, bn_collapse=collapse)
 
@@ -214,7 +213,7 @@ def test_script_writes_json_and_page(tmp_path, cifar10_dir, script_env):
     _hub_folder(hub, 'mobilenetv3_small_dw_050.cifar10', 20, _state(bn1=[1.0, 1.0], blocks__4__1__bn3=[0.5, 0.0]))
     output, page = tmp_path / 'diagnose.json', tmp_path / 'docs' / 'training-dynamics.md'
     args = ['--data-source', cifar10_dir, '--models', 'mobilenetv3_small_xsep_050', '--warmup-models',
-            'mobilenetv3_small_xsep_050', '--seeds', '0', '1', '--batch-size', '8', '--power-iters', '2',
+            'mobilenetv3_small_xsep_050', '--seeds', '0', '1', '--batch-size', '8', '--hessian-iters', '2',
             '--warmup-steps', '3', '--test-limit', '16', '--hub-root', hub, '--output', output, '--docs', page]
     env = dict(script_env, OMP_NUM_THREADS='1')
     printed = run_script('diagnose.py', *args, env=env).stdout
