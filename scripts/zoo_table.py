@@ -26,15 +26,21 @@ def load_results(root: Path) -> list[dict]:
     for record_path in sorted(root.glob(f'*/{RECORD_NAME}')):
         results = json.loads(record_path.read_text())
         rows.append(dict(folder=record_path.parent.name, architecture=results['model'],
-                         seed=results['recipe']['seed'], **results))
+                         seed=results['recipe']['seed'], recipe_name=results['recipe'].get('recipe', 'paper'),
+                         **results))
     return rows
 
 
+def recipe_label(epochs: int, recipe_name: str) -> str:
+    """'20 epochs', or '20 epochs, <name> recipe' for a named recipe other than the paper's."""
+    return f'{epochs} epochs' + ('' if recipe_name == 'paper' else f', {recipe_name} recipe')
+
+
 def _seeds_of_one_recipe(rows: list[dict]) -> dict:
-    """Rows grouped by (architecture, epochs): only runs of the same recipe length are seeds of one result."""
+    """Rows grouped by (architecture, recipe label): only runs of the same length and recipe are seeds of one result."""
     groups = defaultdict(list)
     for r in rows:
-        groups[r['architecture'], r['epochs']].append(r)
+        groups[r['architecture'], recipe_label(r['epochs'], r['recipe_name'])].append(r)
     return groups
 
 
@@ -76,15 +82,15 @@ def comparison_lines(rows: list[dict]) -> list[str]:
     """Each XSepConv model against its DW partner, per recipe length with two or more seeds of each."""
     groups = _seeds_of_one_recipe(rows)
     lines = []
-    for (architecture, epochs), runs in groups.items():
+    for (architecture, recipe), runs in groups.items():
         partner = MODELS[architecture].dw_partner
-        dw = groups.get((partner, epochs), [])
+        dw = groups.get((partner, recipe), [])
         if partner is None or len(runs) < 2 or len(dw) < 2:
             continue
         x, y = [r['top1'] for r in runs], [r['top1'] for r in dw]
         t, df, p = welch_t_test(x, y)
         lines.append(
-            f'- {epochs} epochs: `{architecture}` {statistics.mean(x):.2f} (sd {statistics.stdev(x):.2f}, seeds '
+            f'- {recipe}: `{architecture}` {statistics.mean(x):.2f} (sd {statistics.stdev(x):.2f}, seeds '
             f'{", ".join(str(r["seed"]) for r in runs)}) against `{partner}` {statistics.mean(y):.2f} (sd '
             f'{statistics.stdev(y):.2f}, seeds {", ".join(str(r["seed"]) for r in dw)}): '
             f'{statistics.mean(x) - statistics.mean(y):+.2f} points, Welch\'s t-test t = {t:.2f}, df = {df:.1f}, '
@@ -97,18 +103,19 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
         'Top-1 on the whole test split, measured by `scripts/export.py` on the exported weights; MACs and params '
         'from the counter; written by `python scripts/zoo_table.py --readme README.md`.',
         '',
-        '| model (Hub folder) | what it tests | epochs | seed | top-1 (%) | top-5 (%) | MACs (M) | params (M) '
+        '| model (Hub folder) | what it tests | recipe | seed | top-1 (%) | top-5 (%) | MACs (M) | params (M) '
         '| paper |',
-        '|---|---|---:|---:|---:|---:|---:|---:|---|',
+        '|---|---|---|---:|---:|---:|---:|---:|---|',
     ]
     for r in rows:
         model = MODELS[r['architecture']]
-        lines.append(f'| `{r["folder"]}` | {model.description} | {r["epochs"]} | {r["seed"]} | {r["top1"]:.2f} '
+        lines.append(f'| `{r["folder"]}` | {model.description} | {recipe_label(r["epochs"], r["recipe_name"])} '
+                     f'| {r["seed"]} | {r["top1"]:.2f} '
                      f'| {r["top5"]:.2f} | {r["macs"] / 1e6:.2f} | {r["params"] / 1e6:.3f} | {model.paper} |')
-    for (architecture, epochs), runs in _seeds_of_one_recipe(rows).items():
+    for (architecture, recipe), runs in _seeds_of_one_recipe(rows).items():
         if len(runs) > 1:
             top1 = [r['top1'] for r in runs]
-            lines.append(f'| `{architecture}`, mean of {len(runs)} seeds | | {epochs} | | {statistics.mean(top1):.2f} '
+            lines.append(f'| `{architecture}`, mean of {len(runs)} seeds | | {recipe} | | {statistics.mean(top1):.2f} '
                          f'(sd {statistics.stdev(top1):.2f}) | | | | |')
     comparison = comparison_lines(rows)
     if comparison:
@@ -142,11 +149,11 @@ def _annotate_without_overlap(ax, points: list[tuple[float, float, str]]) -> Non
                         arrowprops=dict(arrowstyle='-', lw=0.4, color='0.5'))
 
 
-def curve_label(kind: str, epochs: int, by_macs: dict) -> str:
+def curve_label(kind: str, recipe: str, by_macs: dict) -> str:
     """A legend entry that says what the curve averages: a lone run is not a mean of seeds."""
     parts = ['MobileNetV3-Small widths'] if len(by_macs) > 1 else []
     parts += ['mean of seeds'] if any(len(seeds) > 1 for seeds in by_macs.values()) else []
-    return f'{kind}, {epochs} epochs ({"; ".join(parts) or "one run"})'
+    return f'{kind}, {recipe} ({"; ".join(parts) or "one run"})'
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -156,7 +163,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     shortest = min((r['epochs'] for r in rows), default=None)  # the zoo's recipe; longer ones are marked
-    # Width curves, one per kind and recipe length: (kind, epochs) -> MACs -> top-1 of each seed
+    # Width curves, one per kind and recipe: (kind, epochs, recipe name) -> MACs -> top-1 of each seed
     series = defaultdict(lambda: defaultdict(list))
     labelled = []  # (MACs, top-1, label) of the hollow markers
     for r in rows:
@@ -164,18 +171,18 @@ def plot(rows: list[dict], path: Path) -> None:
         v = model.arch
         kind = 'XSepConv' if model.dw_partner else 'DWConv'  # only the baselines have no DW partner
         if v in ('dw', 'xsep'):  # the width sweep of Fig. 3
-            series[kind, r['epochs']][r['macs'] / 1e6].append(r['top1'])
+            series[kind, r['epochs'], r['recipe_name']][r['macs'] / 1e6].append(r['top1'])
             continue
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',
                    edgecolors='tab:orange' if kind == 'XSepConv' else 'tab:blue')
         labelled.append((r['macs'] / 1e6, r['top1'], v if r['epochs'] == shortest else f'{v} ({r["epochs"]} epochs)'))
-    for (kind, epochs), by_macs in sorted(series.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (kind, epochs, name), by_macs in sorted(series.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
         color, marker = ('tab:orange', 's') if kind == 'XSepConv' else ('tab:blue', 'o')
         longer = epochs != shortest  # its own dashed curve with star markers
         macs = sorted(by_macs)  # the curve through the mean of the seeds, each seed a small dot
         ax.plot(macs, [statistics.mean(by_macs[m]) for m in macs], color=color, marker='*' if longer else marker,
-                markersize=10 if longer else 6, linestyle='--' if longer else '-',
-                label=curve_label(kind, epochs, by_macs))
+                markersize=10 if longer else 6, linestyle='--' if longer else '-' if name == 'paper' else ':',
+                label=curve_label(kind, recipe_label(epochs, name), by_macs))
         seeds = [(m, top1) for m in macs if len(by_macs[m]) > 1 for top1 in by_macs[m]]
         if seeds:
             ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.5)

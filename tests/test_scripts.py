@@ -52,20 +52,25 @@ def test_readme_zoo_table_is_current():
 
 def test_plot_legend_says_what_each_curve_averages():
     zoo_table = _load_script('zoo_table')
-    assert zoo_table.curve_label('DWConv', 20, {6.5: [84.8], 17.5: [85.2, 84.9]}) == \
+    assert zoo_table.curve_label('DWConv', '20 epochs', {6.5: [84.8], 17.5: [85.2, 84.9]}) == \
         'DWConv, 20 epochs (MobileNetV3-Small widths; mean of seeds)'
-    assert zoo_table.curve_label('DWConv', 400, {17.5: [89.7]}) == 'DWConv, 400 epochs (one run)'
-    assert zoo_table.curve_label('XSepConv', 400, {16.7: [89.0, 89.2]}) == 'XSepConv, 400 epochs (mean of seeds)'
+    assert zoo_table.curve_label('DWConv', '400 epochs', {17.5: [89.7]}) == 'DWConv, 400 epochs (one run)'
+    assert zoo_table.curve_label('XSepConv', '400 epochs', {16.7: [89.0, 89.2]}) == \
+        'XSepConv, 400 epochs (mean of seeds)'
 
 
 def test_zoo_table_averages_seeds_of_one_recipe_only():
     zoo_table = _load_script('zoo_table')
     row = dict(architecture='mobilenetv3_small_dw_100', top5=99.0, macs=17.5e6, params=1.5e6)
-    rows = [dict(row, folder='a.cifar10', seed=0, epochs=20, top1=85.0),
-            dict(row, folder='a.cifar10_seed1', seed=1, epochs=20, top1=84.0),
-            dict(row, folder='a.cifar10_e400', seed=0, epochs=400, top1=90.0)]
+    rows = [dict(row, folder='a.cifar10', seed=0, epochs=20, top1=85.0, recipe_name='paper'),
+            dict(row, folder='a.cifar10_seed1', seed=1, epochs=20, top1=84.0, recipe_name='paper'),
+            dict(row, folder='a.cifar10_other', seed=0, epochs=20, top1=87.0, recipe_name='other'),
+            dict(row, folder='a.cifar10_other1', seed=1, epochs=20, top1=88.0, recipe_name='other'),
+            dict(row, folder='a.cifar10_e400', seed=0, epochs=400, top1=90.0, recipe_name='paper')]
     means = [line for line in zoo_table.zoo_table(rows, 'plot.png').splitlines() if 'mean of' in line]
-    assert means == ['| `mobilenetv3_small_dw_100`, mean of 2 seeds | | 20 | | 84.50 (sd 0.71) | | | | |']
+    assert means == ['| `mobilenetv3_small_dw_100`, mean of 2 seeds | | 20 epochs | | 84.50 (sd 0.71) | | | | |',
+                     '| `mobilenetv3_small_dw_100`, mean of 2 seeds | | 20 epochs, other recipe | | 87.50 (sd 0.71) '
+                     '| | | | |']
 
 
 def test_zoo_plot_labels_of_close_variants_do_not_overlap():
