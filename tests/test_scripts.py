@@ -192,3 +192,22 @@ def test_docs_benchmark_tables_come_from_the_script(section):
     body = readme.split(start)[1].split(end)[0]
     assert body.lstrip().startswith('Measured on') and '`python scripts/benchmark.py' in body
     assert 'XSepConv / DW ratios' in body and 'Per layer' in body
+
+
+def test_compare_runs_names_what_each_run_changed(tmp_path):
+    compare_runs = _load_script('compare_runs')
+    base = dict(model='m', seed=2, warmup_epochs=1, head_init='timm', data_source='/somewhere', eval_batch_size=256)
+    runs = []
+    for name, change, log in [('a', {}, [(1, 1.99, 23.93), (2, 1.86, 34.19)]),
+                              ('b', dict(warmup_epochs=5, data_source='/elsewhere'), [(1, 1.5, 40.0)])]:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / 'config.json').write_text(json.dumps(dict(config={**base, **change})))
+        (run_dir / 'log.jsonl').write_text(''.join(
+            json.dumps(dict(epoch=e, train_loss=loss, test_top1=top1)) + '\n' for e, loss, top1 in log))
+        runs.append(compare_runs.read_run(run_dir))
+    assert compare_runs.table(runs, [1, 2]).splitlines() == [
+        '| epoch | m warmup_epochs=1 | m warmup_epochs=5 |', '|---:|---|---|',
+        '| 1 | 1.990 / 23.93 | 1.500 / 40.00 |', '| 2 | 1.860 / 34.19 | - |']
+    with pytest.raises(SystemExit, match='not a run'):
+        compare_runs.read_run(tmp_path)
