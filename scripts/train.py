@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import xsep_zoo
 from xsep_zoo.data import DATASETS, DataError, load_test, load_train
 from xsep_zoo.engine import (
-    describe_machine, evaluate, flush_subnormals, image_loader, prepare_images, step_generator, warmup_cosine,
+    DeviceBatches, LoaderBatches, describe_machine, evaluate, flush_subnormals, image_loader, mix_seed, warmup_cosine,
 )
 from xsep_zoo.hub import WEIGHTS_NAME, WeightsError, load_weights_file, load_weights_into, save_weights_file
 from xsep_zoo.recipe import HEAD_INITS, init_classifier, param_groups, zero_init_last_bn
@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--resume', action='store_true', help='continue the run in --output-dir from its last checkpoint')
     p.add_argument('--compile', choices=COMPILE_MODES, default='off',
                    help="torch.compile mode for the model (default off); 'reduce-overhead' adds CUDA graphs on GPU")
+    p.add_argument('--data-on-device', action=argparse.BooleanOptionalAction,
+                   help='hold the training set on the device, which draws each epoch\'s order and crops at once '
+                        'from one generator per epoch (default: on for CUDA, off on the CPU; the run keeps its choice)')
     p.add_argument('--time-limit', type=float, metavar='MINUTES',
                    help='stop, checkpointed, after the last epoch that ends within this many minutes (at least one '
                         'epoch runs); continue with --resume')
@@ -137,6 +140,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config_path = args.output_dir / 'config.json'
     if args.resume:
         saved = _saved_run(args.output_dir)
+        saved.setdefault('data_on_device', False)  # a run from before the choice existed: batches from a loader
         changed = {k: (saved.get(k), v) for k, v in given.items() if saved.get(k) != v}
         if changed:
             sys.exit(f'--resume continues the saved run; these flags differ from it (saved, given): {changed}')
@@ -145,8 +149,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         sys.exit(f'{args.output_dir} exists; pass --resume to continue that run, or choose another --output-dir')
     dataset = given.get('dataset', 'cifar10')
     config = dict(model='mobilenetv3_small_xsep_100', dataset=dataset, data_source=None, train_limit=None,
-                  test_limit=None, pretrained=False, init_from=None, recipe='paper', **PAPER_RECIPE,
-                  **PRESETS[dataset])
+                  test_limit=None, pretrained=False, init_from=None, data_on_device=None, recipe='paper',
+                  **PAPER_RECIPE, **PRESETS[dataset])
     config.update(RECIPES[given.get('recipe', 'paper')])
     config.update(given)
     for key, (allowed, what) in LIMITS.items():
@@ -323,6 +327,86 @@ class TimeLimit:
         return self.minutes is None or time.monotonic() - self.began + self.longest <= self.minutes * 60
 
 
+def create_model(config: dict, spec, accelerator: Accelerator) -> torch.nn.Module:
+    """The run's model as it starts: timm's, pretrained or from a zoo checkpoint when asked, with the recipe's init."""
+    try:
+        model = timm.create_model(config['model'], num_classes=spec.num_classes, drop_rate=config['drop_rate'],
+                                  pretrained=bool(config['pretrained']))
+        if config['init_from']:
+            weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
+            accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
+        elif not config['pretrained']:
+            init_classifier(model, config.get('head_init', 'timm'), config['seed'])
+            if config.get('zero_init_last'):
+                zero_init_last_bn(model)
+    except WeightsError as e:
+        sys.exit(str(e))
+    return model
+
+
+def create_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
+    groups = param_groups(model, config['weight_decay'], config.get('norm_bias_decay', True))
+    return torch.optim.SGD(groups, lr=config['lr'], momentum=config['momentum'])
+
+
+def data_on_device(config: dict, device: torch.device) -> bool:
+    """Whether a run holds its training set on the device: as the config says, else on CUDA only.
+
+    Off on the CPU by default, so that the commands of runs trained there (from a loader) train the same again.
+    """
+    return device.type == 'cuda' if config.get('data_on_device') is None else config['data_on_device']
+
+
+def prepare_training(config: dict, model, train, test, spec, accelerator: Accelerator, compile_mode: str = 'off'):
+    """The model (compiled if asked), optimizer, training batches and test loader, prepared by Accelerate.
+
+    `test` may be None (no test loader). The training batches come from the device or from a loader,
+    as `config['data_on_device']` says; both give each process its part of every step.
+    """
+    world = accelerator.num_processes
+    memory_format = torch.channels_last if config['channels_last'] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if compile_mode != 'off':
+        model.compile(mode=compile_mode)  # in place: the state_dict keeps its keys
+    optimizer = create_optimizer(model, config)
+    test_loader = image_loader(test, config['eval_batch_size'] // world) if test is not None else None
+    if config['data_on_device']:
+        model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
+        batches = DeviceBatches(train, spec, config['batch_size'] // world, accelerator.device, config['seed'],
+                                accelerator.process_index, world, config['channels_last'])
+    else:
+        train_loader = image_loader(train, config['batch_size'] // world, shuffle_seed=config['seed'])
+        model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+        batches = LoaderBatches(train_loader, spec, config['seed'], accelerator.device, accelerator.process_index,
+                                config['channels_last'])
+    return model, optimizer, batches, test_loader
+
+
+def train_steps(batches, model, optimizer, scheduler, accelerator: Accelerator, config: dict,
+                compile_mode: str = 'off', ema=None, first_step: int = 0):
+    """Train on `batches` ((inputs, labels) on the device); returns the summed loss, a device tensor, and the count.
+
+    Nothing here reads a value back from the device, so the host queues steps ahead of it; the
+    caller reads the loss once per epoch.
+    """
+    loss_sum, seen = torch.zeros((), device=accelerator.device), 0
+    for step, (inputs, labels) in enumerate(batches, first_step):
+        if compile_mode == 'reduce-overhead':
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+        loss = F.cross_entropy(model(inputs), labels, label_smoothing=config['label_smoothing'])
+        accelerator.backward(loss)
+        if config['clip_grad'] > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config['clip_grad'])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model), step=step)
+        loss_sum += loss.detach() * labels.numel()
+        seen += labels.numel()
+    return loss_sum, seen
+
+
 def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: str = 'off',
                       time_limit=None, stop_after=None) -> None:
     limit = TimeLimit(time_limit)
@@ -330,6 +414,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     flushed = flush_subnormals()
     accelerator = Accelerator(mixed_precision=config['mixed_precision'])
     flush_denormal = accelerator.device.type == 'cpu' and flushed
+    config['data_on_device'] = data_on_device(config, accelerator.device)  # recorded: a resumed run keeps it
     set_seed(config['seed'])
     spec = DATASETS[config['dataset']]
     world = accelerator.num_processes
@@ -348,20 +433,7 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         sys.exit(str(e))
     if len(train) < config['batch_size']:
         sys.exit(f'{len(train)} training images make no full batch of --batch-size {config["batch_size"]}')
-    train_loader = image_loader(train, config['batch_size'] // world, shuffle_seed=config['seed'])
-    test_loader = image_loader(test, config['eval_batch_size'] // world)
-    try:
-        model = timm.create_model(config['model'], num_classes=spec.num_classes, drop_rate=config['drop_rate'],
-                                  pretrained=bool(config['pretrained']))
-        if config['init_from']:
-            weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
-            accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
-        elif not config['pretrained']:
-            init_classifier(model, config.get('head_init', 'timm'), config['seed'])
-            if config.get('zero_init_last'):
-                zero_init_last_bn(model)
-    except WeightsError as e:
-        sys.exit(str(e))
+    model = create_model(config, spec, accelerator)
 
     if accelerator.is_main_process and not resume:
         try:
@@ -378,14 +450,9 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
         _write_atomic(run_dir / 'config.json', json.dumps(record, indent=2) + '\n')
     accelerator.wait_for_everyone()
 
-    memory_format = torch.channels_last if config['channels_last'] else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    if compile_mode != 'off':
-        model.compile(mode=compile_mode)  # in place: the state_dict keeps its keys
-    groups = param_groups(model, config['weight_decay'], config.get('norm_bias_decay', True))
-    optimizer = torch.optim.SGD(groups, lr=config['lr'], momentum=config['momentum'])
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    steps_per_epoch = len(train_loader)
+    model, optimizer, batches, test_loader = prepare_training(config, model, train, test, spec, accelerator,
+                                                              compile_mode)
+    steps_per_epoch = len(batches)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config['ema_decay']) if config['ema_decay'] > 0 else None
 
     checkpoints = Checkpoints(accelerator, run_dir)
@@ -404,33 +471,21 @@ def training_function(config: dict, run_dir: Path, resume: bool, compile_mode: s
     # Logged with every epoch: a resumed run may continue on another machine.
     where = dict(machine=describe_machine(world), flush_denormal=flush_denormal)
     accelerator.print(f'{config["model"]} on {config["dataset"]}: {len(train)} train / {len(test)} test images, '
-                      f'{steps_per_epoch} steps per epoch, epochs {start_epoch + 1}..{config["epochs"]}')
+                      f'{steps_per_epoch} steps per epoch, epochs {start_epoch + 1}..{config["epochs"]}'
+                      + (', batches drawn on the device' if config['data_on_device'] else ''))
 
     for epoch in range(start_epoch, config['epochs']):
         model.train()
-        train_loader.set_epoch(epoch)
-        start, loss_sum, seen = time.perf_counter(), torch.zeros((), device=accelerator.device), 0
-        bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{config["epochs"]}', leave=False,
-                   disable=not accelerator.is_local_main_process)
-        for step, (images, labels) in enumerate(bar):
-            if compile_mode == 'reduce-overhead':
-                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
-            generator = step_generator(accelerator.device, config['seed'], epoch, step, accelerator.process_index)
-            inputs = prepare_images(images, spec, config['channels_last'], generator)
-            loss = F.cross_entropy(model(inputs), labels, label_smoothing=config['label_smoothing'])
-            accelerator.backward(loss)
-            if config['clip_grad'] > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config['clip_grad'])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model), step=epoch * steps_per_epoch + step)
-            loss_sum += loss.detach() * labels.numel()
-            seen += labels.numel()
+        if config['data_on_device']:  # dropout's masks too are a function of (seed, epoch, rank)
+            torch.manual_seed(mix_seed(config['seed'], epoch, accelerator.process_index))
+        start = time.perf_counter()
+        bar = tqdm(batches.epoch(epoch), total=steps_per_epoch, desc=f'epoch {epoch + 1}/{config["epochs"]}',
+                   leave=False, disable=not accelerator.is_local_main_process)
+        loss_sum, seen = train_steps(bar, model, optimizer, scheduler, accelerator, config, compile_mode, ema,
+                                     first_step=epoch * steps_per_epoch)
+        train_loss = (accelerator.reduce(loss_sum, 'sum') / (seen * world)).item()  # the epoch's wait for the device
         train_seconds = time.perf_counter() - start
-        train_loss = (accelerator.reduce(loss_sum, 'sum') / (seen * world)).item()
-        finite_weights = all(bool(p.isfinite().all()) for p in model.parameters())
+        finite_weights = bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
         if not (math.isfinite(train_loss) and finite_weights):
             kept = f'the last good checkpoint (epoch {epoch}) stays in {checkpoints.root}' if epoch else 'no checkpoint'
             sys.exit(f'epoch {epoch + 1}: the run diverged (training loss {train_loss:g}, weights '

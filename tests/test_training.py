@@ -18,9 +18,11 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from xsep_zoo.data import DATASETS, CROP_PADDING, ImageTensors, normalize
+from xsep_zoo.engine import DeviceBatches
 from xsep_zoo.hub import WeightsError, load_matching_state_dict, read_record, sha256_file
 
-from conftest import MODEL, ROOT, TRAIN_ARGS, run_script
+from conftest import MODEL, ROOT, TRAIN_ARGS, load_script, run_script
 
 x86_only = pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'),
                               reason='torch flushes subnormals on x86')
@@ -53,11 +55,9 @@ def test_an_existing_run_is_not_overwritten(trained_run, script_env):
     assert sha256_file(trained_run / 'model.safetensors') == before
 
 
-@pytest.mark.parametrize('kill_when', ['mid_epoch', 'saving'])
-def test_resume_after_sigkill_gives_the_same_weights(kill_when, trained_run, tmp_path, script_env, cifar10_dir):
-    run_dir = tmp_path / 'killed'
-    args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=script_env,
+def _kill_and_resume(args, run_dir, kill_when, env):
+    """Start a run, SIGKILL it at `kill_when`, then resume it to the end."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     # mid_epoch: once epoch 1 is checkpointed, 0.3 s into epoch 2; saving: as soon as a checkpoint is being written
@@ -72,12 +72,23 @@ def test_resume_after_sigkill_gives_the_same_weights(kill_when, trained_run, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / 'model.safetensors').exists()
-    run_script('train.py', '--output-dir', run_dir, '--resume', env=script_env)
+    run_script('train.py', '--output-dir', run_dir, '--resume', env=env)
     assert [e['epoch'] for e in _log(run_dir)] == [1, 2]
-    resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
+
+
+def _assert_same_weights(run_dir, reference_dir):
+    resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(reference_dir / 'model.safetensors')
     assert resumed.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize('kill_when', ['mid_epoch', 'saving'])
+def test_resume_after_sigkill_gives_the_same_weights(kill_when, trained_run, tmp_path, script_env, cifar10_dir):
+    run_dir = tmp_path / 'killed'
+    _kill_and_resume([*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir], run_dir, kill_when,
+                     script_env)
+    _assert_same_weights(run_dir, trained_run)
 
 
 def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_run, tmp_path, script_env,
@@ -88,6 +99,10 @@ def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_
     assert 'stopped after epoch 1' in stopped.stdout
     assert [e['epoch'] for e in _log(run_dir)] == [1] and not (run_dir / 'model.safetensors').exists()
     assert json.loads((run_dir / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
+    # as a run recorded before the choice of batches from the device existed: it continues from a loader
+    record = json.loads((run_dir / 'config.json').read_text())
+    assert record['config'].pop('data_on_device') is False  # off on the CPU unless asked
+    (run_dir / 'config.json').write_text(json.dumps(record))
     run_script('train.py', '--output-dir', run_dir, '--resume', '--time-limit', '60', env=script_env)
     assert [e['epoch'] for e in _log(run_dir)] == [1, 2]
     resumed, reference = load_file(run_dir / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
@@ -321,6 +336,119 @@ def test_two_processes_shard_the_data_and_count_the_test_set_exactly(tmp_path, s
     assert _log(run_dir)[0]['test_count'] == 250  # 125 per process, none padded in or dropped
     record = json.loads((run_dir / 'config.json').read_text())
     assert record['num_processes'] == 2 and record['command'].startswith('accelerate launch --num_processes 2 ')
+    assert (run_dir / 'checkpoints' / 'epoch-0001' / 'random_states_1.pkl').is_file()
+
+
+# --- batches drawn on the device (the default on CUDA; here on the CPU, where it is asked for) -------
+
+@pytest.fixture(scope='session')
+def trained_on_device(tmp_path_factory, script_env, cifar10_dir):
+    run_dir = tmp_path_factory.mktemp('runs') / 'on_device'
+    run_script('train.py', *TRAIN_ARGS, '--data-on-device', '--data-source', cifar10_dir, '--output-dir', run_dir,
+               env=script_env)
+    return run_dir
+
+
+def _indexed_images(n: int, seed: int = 0) -> ImageTensors:
+    """Random images whose label is their index, so a batch tells which images it holds."""
+    generator = torch.Generator().manual_seed(seed)
+    return ImageTensors(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator), torch.arange(n))
+
+
+def test_device_batches_are_crops_and_flips_of_their_own_images():
+    spec, data = DATASETS['cifar10'], _indexed_images(40)
+    padded = torch.nn.functional.pad(data.images, (CROP_PADDING,) * 4)
+    shifts = range(2 * CROP_PADDING + 1)
+    seen, flips = [], 0
+    for inputs, labels in DeviceBatches(data, spec, batch_size=8, device='cpu', seed=1).epoch(0):
+        assert inputs.shape == (8, 3, 32, 32) and inputs.dtype == torch.float32
+        for image, index in zip(inputs, labels.tolist()):
+            crops = [padded[index, :, y:y + 32, x:x + 32] for y in shifts for x in shifts]
+            matches = [flip for crop in crops for flip in (0, 1)
+                       if torch.equal(normalize((crop.flip(-1) if flip else crop)[None], spec)[0], image)]
+            assert len(matches) == 1, f'image {index} is not one crop of itself'
+            flips += matches[0]
+        seen += labels.tolist()
+    assert sorted(seen) == list(range(40)) and seen != sorted(seen)  # every image once, shuffled
+    assert 5 <= flips <= 35
+
+
+def test_device_batches_follow_the_seed_and_split_each_step_between_processes():
+    spec, data = DATASETS['cifar10'], _indexed_images(100)
+    single = DeviceBatches(data, spec, batch_size=16, device='cpu', seed=2)
+    ranks = [DeviceBatches(data, spec, batch_size=8, device='cpu', seed=2, rank=r, world=2) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == 6  # 100 // 16: the 4 images that make no full step are left out
+    epoch0 = list(single.epoch(0))
+    assert all(torch.equal(a, b) for (x, y), (u, v) in zip(epoch0, single.epoch(0)) for a, b in ((x, u), (y, v)))
+    assert not torch.equal(torch.cat([y for _, y in epoch0]), torch.cat([y for _, y in single.epoch(1)]))
+    # process r takes rows r*8..(r+1)*8 of each step of the single process: the same images, the same crops
+    for (inputs, labels), parts in zip(epoch0, zip(*(r.epoch(0) for r in ranks))):
+        assert torch.equal(torch.cat([x for x, _ in parts]), inputs)
+        assert torch.equal(torch.cat([y for _, y in parts]), labels)
+
+
+def test_a_step_on_the_device_path_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
+    """No .item(), bool(), float() or .tolist() within an epoch: each would make the host wait for a GPU."""
+    from accelerate import Accelerator
+    train = load_script('train')
+    accelerator, spec = Accelerator(cpu=True), DATASETS['cifar10']
+
+    def steps(on_device: bool):
+        config = train.resolve_config(train.parse_args(
+            ['--model', MODEL, '--batch-size', '16', '--clip-grad', '1', '--ema-decay', '0.5',
+             '--data-on-device' if on_device else '--no-data-on-device', '--output-dir', str(tmp_path / 'new')]))
+        model = train.create_model(config, spec, accelerator)
+        images = _indexed_images(48).images
+        data = ImageTensors(images, torch.arange(48) % spec.num_classes)
+        model, optimizer, batches, _ = train.prepare_training(config, model, data, None, spec, accelerator)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        ema = timm.utils.ModelEmaV3(model, decay=config['ema_decay'])
+
+        def read_back(*args, **kwargs):
+            raise AssertionError('a value was read back from the device within an epoch')
+        with monkeypatch.context() as patched:
+            for name in ('item', 'tolist', 'numpy', '__bool__', '__float__', '__int__'):
+                patched.setattr(torch.Tensor, name, read_back)
+            return train.train_steps(batches.epoch(0), model, optimizer, scheduler, accelerator, config, ema=ema)
+
+    loss_sum, seen = steps(on_device=True)
+    assert seen == 48 and loss_sum.isfinite()
+    with pytest.raises(AssertionError, match='read back'):  # the loader path lists its indices on the host
+        steps(on_device=False)
+
+
+def test_batches_from_the_device_are_recorded_and_train(trained_run, trained_on_device):
+    assert json.loads((trained_run / 'config.json').read_text())['config']['data_on_device'] is False  # CPU default
+    assert json.loads((trained_on_device / 'config.json').read_text())['config']['data_on_device'] is True
+    log = _log(trained_on_device)
+    assert [e['epoch'] for e in log] == [1, 2] and log[1]['train_loss'] < log[0]['train_loss']
+    on_device, from_loader = (load_file(d / 'model.safetensors') for d in (trained_on_device, trained_run))
+    assert not torch.equal(on_device['conv_stem.weight'], from_loader['conv_stem.weight'])  # other draws
+
+
+def test_resume_after_sigkill_on_the_device_path_gives_the_same_weights(trained_on_device, tmp_path, script_env,
+                                                                         cifar10_dir):
+    run_dir = tmp_path / 'killed'
+    _kill_and_resume([*TRAIN_ARGS, '--data-on-device', '--data-source', cifar10_dir, '--output-dir', run_dir],
+                     run_dir, 'mid_epoch', script_env)
+    _assert_same_weights(run_dir, trained_on_device)
+    result = run_script('train.py', '--output-dir', run_dir, '--resume', '--no-data-on-device', env=script_env,
+                        check=False)
+    assert result.returncode != 0 and "'data_on_device': (True, False)" in result.stderr
+
+
+def test_two_processes_take_their_own_parts_of_the_device_drawn_order(tmp_path, script_env, cifar10_dir):
+    """DDP with batches drawn on the device, as on several GPUs: here two CPU processes (gloo)."""
+    run_dir = tmp_path / 'ddp'
+    args = [*TRAIN_ARGS, '--epochs', '1', '--test-limit', '250', '--data-on-device', '--data-source', cifar10_dir,
+            '--output-dir', run_dir]
+    env = dict(script_env, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1')
+    result = subprocess.run([str(Path(sys.executable).with_name('torchrun')), '--nproc_per_node', '2',
+                             str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '512 train / 250 test images, 8 steps per epoch, epochs 1..1, batches drawn on the device' in result.stdout
+    assert _log(run_dir)[0]['test_count'] == 250
     assert (run_dir / 'checkpoints' / 'epoch-0001' / 'random_states_1.pkl').is_file()
 
 

@@ -5,8 +5,10 @@ layout, or parquet files) and decoded once into a uint8 [N, 3, H, W] tensor: the
 enough that holding a whole split in memory is cheaper than decoding per step, and it leaves the
 training loop without DataLoader workers. Augmentation then runs on a whole batch at once in torch,
 on the batch's device, and draws every random choice from a `torch.Generator` the caller passes, so
-seeding that generator per step makes a resumed run see exactly the same crops and flips.
+a seeded generator makes a resumed run see exactly the same crops and flips. Drawing is apart from
+applying (`draw_augmentation`, `apply_augmentation`), so that a whole epoch's choices can be drawn at once.
 """
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -30,11 +32,13 @@ from .hub import sha256_file
 
 __all__ = [
     'AUGMENTATIONS', 'DATASETS', 'DataError', 'DataNotFoundError', 'DatasetSpec', 'ImageTensors', 'get_spec',
-    'load_split', 'load_train', 'load_test', 'describe_source', 'augment', 'random_crop_flip', 'random_resized_crop_flip', 'normalize',
+    'load_split', 'load_train', 'load_test', 'describe_source', 'augment', 'draw_augmentation', 'apply_augmentation',
+    'random_crop_flip', 'crop_flip', 'random_resized_crop_flip', 'resized_crop_flip', 'normalize',
 ]
 
 AUGMENTATIONS = ('crop_flip', 'none', 'random_resized_crop_flip')
 _DECODE_CHUNK = 4096  # rows decoded per step: bounds the memory held in encoded bytes
+CROP_PADDING = 4  # 'crop_flip' pads every side by this many zero pixels before cropping
 
 
 class DataError(ValueError):
@@ -418,10 +422,28 @@ def random_crop_flip(
     size = size or h
     if size > min(h, w) + 2 * padding:
         raise ValueError(f'crop size {size} is larger than the padded image {h + 2 * padding}x{w + 2 * padding}')
-    max_y, max_x = h + 2 * padding - size, w + 2 * padding - size
-    top = (_uniform(b, generator) * (max_y + 1)).long().clamp_(max=max_y)
-    left = (_uniform(b, generator) * (max_x + 1)).long().clamp_(max=max_x)
-    flip = _uniform(b, generator) < flip_prob
+    top, left, flip = _crop_flip_params(b, h + 2 * padding - size, w + 2 * padding - size, flip_prob, generator)
+    return crop_flip(images, top, left, flip, size, padding)
+
+
+def _crop_flip_params(n: int, max_y: int, max_x: int, flip_prob: float, generator: torch.Generator):
+    """(top, left, flip) of `n` crops, each offset uniform in [0, max]."""
+    top = (_uniform(n, generator) * (max_y + 1)).long().clamp_(max=max_y)
+    left = (_uniform(n, generator) * (max_x + 1)).long().clamp_(max=max_x)
+    flip = _uniform(n, generator) < flip_prob
+    return top, left, flip
+
+
+def crop_flip(
+        images: torch.Tensor,
+        top: torch.Tensor,
+        left: torch.Tensor,
+        flip: torch.Tensor,
+        size: int,
+        padding: int = 4,
+) -> torch.Tensor:
+    """The `size` square of each zero-padded image at (top, left) in the padded image, flipped where `flip`."""
+    b = images.shape[0]
     top, left, flip = (t.to(images.device) for t in (top, left, flip))
     ramp = torch.arange(size, device=images.device)
     rows = top[:, None] + ramp
@@ -491,6 +513,20 @@ def random_resized_crop_flip(
     b, _, height, width = images.shape
     top, left, box_h, box_w = _rrc_boxes(b, height, width, scale, ratio, generator)
     flip = _uniform(b, generator) < flip_prob
+    return resized_crop_flip(images, size, top, left, box_h, box_w, flip)
+
+
+def resized_crop_flip(
+        images: torch.Tensor,
+        size: int,
+        top: torch.Tensor,
+        left: torch.Tensor,
+        box_h: torch.Tensor,
+        box_w: torch.Tensor,
+        flip: torch.Tensor,
+) -> torch.Tensor:
+    """Each image's box (top, left, box_h, box_w) resampled to `size` x `size`, flipped where `flip` (float32)."""
+    b, _, height, width = images.shape
     top, left, box_h, box_w, flip = (t.to(images.device) for t in (top, left, box_h, box_w, flip))
     centres = (torch.arange(size, device=images.device, dtype=torch.float32) + 0.5) / size  # in (0, 1)
     ys = torch.minimum((top[:, None] + centres * box_h[:, None] - 0.5).clamp(min=top[:, None]),
@@ -512,17 +548,45 @@ def augment(images: torch.Tensor, spec: DatasetSpec, generator: torch.Generator)
     ([B, 3, train_size, train_size]). Random parameters come only from `generator` (on its own
     device; the result is on the batch's device), so the same seed gives the same batch.
     """
+    _check_stored(images, spec)
+    return apply_augmentation(images, spec, draw_augmentation(spec, images.shape[0], generator))
+
+
+def draw_augmentation(spec: DatasetSpec, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The random parameters of the spec's augmentation for `n` images, one row each, on the generator's device.
+
+    `augment(images, spec, g)` is `apply_augmentation(images, spec, draw_augmentation(spec, len(images), g))`;
+    drawing apart from applying lets a caller draw a whole epoch's parameters at once and apply a
+    slice of them per batch. 'crop_flip': (top, left, flip); 'random_resized_crop_flip': (top,
+    left, box height, box width, flip); 'none': ().
+    """
+    size = spec.image_size
+    if spec.augmentation == 'crop_flip':
+        largest = size + 2 * CROP_PADDING - spec.train_size
+        return _crop_flip_params(n, largest, largest, 0.5, generator)
+    if spec.augmentation == 'random_resized_crop_flip':
+        boxes = _rrc_boxes(n, size, size, (0.08, 1.0), (3 / 4, 4 / 3), generator)
+        return (*boxes, _uniform(n, generator) < 0.5)
+    return ()
+
+
+def apply_augmentation(images: torch.Tensor, spec: DatasetSpec, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The spec's augmentation of a uint8 batch with the parameters `draw_augmentation` drew for its images."""
+    _check_stored(images, spec)
+    if spec.augmentation == 'crop_flip':
+        return crop_flip(images, *params, size=spec.train_size, padding=CROP_PADDING)
+    if spec.augmentation == 'random_resized_crop_flip':
+        return resized_crop_flip(images, spec.train_size, *params)
+    return images
+
+
+def _check_stored(images: torch.Tensor, spec: DatasetSpec) -> None:
     _check_batch(images)
     if images.dtype != torch.uint8:
         raise ValueError(f'augment expects uint8 images, got {images.dtype}')
     if images.shape[-2:] != (spec.image_size, spec.image_size):
         raise ValueError(
             f'{spec.name} images are {spec.image_size}x{spec.image_size}, got {tuple(images.shape[-2:])}')
-    if spec.augmentation == 'crop_flip':
-        return random_crop_flip(images, generator, size=spec.train_size, padding=4)
-    if spec.augmentation == 'random_resized_crop_flip':
-        return random_resized_crop_flip(images, spec.train_size, generator)
-    return images
 
 
 def normalize(images: torch.Tensor, spec: DatasetSpec, channels_last: bool = True) -> torch.Tensor:
@@ -533,6 +597,14 @@ def normalize(images: torch.Tensor, spec: DatasetSpec, channels_last: bool = Tru
     _check_batch(images)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = images.to(torch.float32, memory_format=memory_format, copy=True)
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(spec.mean, spec.std, x.device)
     return x.sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    # made once per device: a tensor made from Python numbers on a GPU is a host-to-device copy, which
+    # waits for the work queued before it
+    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+    return mean, std

@@ -1,8 +1,12 @@
-"""What training, evaluation and export share: loaders over in-memory tensors, the schedule, evaluation.
+"""What training, evaluation and export share: batches from in-memory tensors, the schedule, evaluation.
 
-Datasets live in memory as uint8 tensors (`xsep_zoo.data.ImageTensors`); a loader only draws
-indices and gathers a batch, and augmentation runs on the whole batch on the device. Every random
-choice is seeded from (seed, epoch, step), so a resumed run sees exactly the batches and crops an
+Datasets live in memory as uint8 tensors (`xsep_zoo.data.ImageTensors`). Training batches come
+from one of two sources with the same interface (`len()`: steps per epoch, `epoch(e)`: that
+epoch's (inputs, labels) on the device). `LoaderBatches`: a DataLoader draws indices and gathers a
+batch on the host, and each step's augmentation is seeded from (seed, epoch, step, rank).
+`DeviceBatches`: the whole training set lives on the device, which draws each epoch's order and
+augmentation at once from a generator seeded by (seed, epoch), so a step never waits for the host
+or makes the host wait. Either way a resumed run sees exactly the batches and crops an
 uninterrupted one would.
 """
 import math
@@ -16,11 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from .data import DatasetSpec, ImageTensors, augment, normalize
+from .data import DatasetSpec, ImageTensors, apply_augmentation, augment, draw_augmentation, normalize
 
 __all__ = [
-    'EpochPermutation', 'image_loader', 'step_generator', 'warmup_cosine', 'prepare_images', 'evaluate',
-    'evaluate_model', 'describe_machine', 'cpu_model', 'flush_subnormals',
+    'EpochPermutation', 'image_loader', 'step_generator', 'mix_seed', 'LoaderBatches', 'DeviceBatches',
+    'warmup_cosine', 'prepare_images', 'evaluate', 'evaluate_model', 'describe_machine', 'cpu_model',
+    'flush_subnormals',
 ]
 
 
@@ -45,6 +50,11 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence(list(values)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def mix_seed(*values: int) -> int:
+    """A seed for torch made from several integers (such as seed, epoch, rank): different lists give unrelated seeds."""
+    return _mix(*values)
+
+
 def image_loader(data: ImageTensors, batch_size: int, shuffle_seed: Optional[int] = None) -> DataLoader:
     """Batches of (uint8 images, labels) gathered from memory; shuffled per epoch when given a seed."""
     sampler = EpochPermutation(len(data), shuffle_seed) if shuffle_seed is not None else None
@@ -57,6 +67,76 @@ def image_loader(data: ImageTensors, batch_size: int, shuffle_seed: Optional[int
 def step_generator(device: torch.device, seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
     """The generator for one training step's augmentation."""
     return torch.Generator(device=device).manual_seed(_mix(seed, epoch, step, rank))
+
+
+class LoaderBatches:
+    """Training batches of a DataLoader that Accelerate prepared, each augmented with its own step generator.
+
+    The host gathers every batch and Accelerate copies it to the device; per step a new generator
+    seeded by (seed, epoch, step, rank) draws the crops. Runs trained this way continue this way.
+    """
+
+    def __init__(self, loader: DataLoader, spec: DatasetSpec, seed: int, device: torch.device, rank: int = 0,
+                 channels_last: bool = True):
+        self.loader, self.spec, self.seed, self.device, self.rank = loader, spec, seed, device, rank
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        """This process's (normalized images, labels) of `epoch`, on the device."""
+        self.loader.set_epoch(epoch)
+        for step, (images, labels) in enumerate(self.loader):
+            generator = step_generator(self.device, self.seed, epoch, step, self.rank)
+            yield prepare_images(images, self.spec, self.channels_last, generator), labels
+
+
+class DeviceBatches:
+    """Training batches drawn, gathered and augmented on the device, from the whole training set held there.
+
+    Each epoch draws its order and every image's augmentation at once, on the device, from one
+    generator seeded by (seed, epoch); a step then gathers its images and applies its slice of the
+    draws: no host work that grows with the batch, and nothing that waits for the device. Every
+    process draws the same order and takes its own part of each step (process r of w: rows r*B to
+    (r+1)*B of the step's w*B, as Accelerate shards a loader). The images that make no full step
+    are left out, so every batch has the same shape, which CUDA graphs need.
+    """
+
+    def __init__(self, data: ImageTensors, spec: DatasetSpec, batch_size: int, device, seed: int, rank: int = 0,
+                 world: int = 1, channels_last: bool = True):
+        if batch_size < 1 or not 0 <= rank < world:
+            raise ValueError(f'batch_size {batch_size} must be at least 1 and rank {rank} in [0, {world})')
+        self.steps = len(data) // (batch_size * world)
+        if self.steps == 0:
+            raise ValueError(f'{len(data)} images make no full step of {world} x {batch_size} images')
+        self.device = torch.device(device)
+        self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
+        self.spec, self.batch_size, self.seed, self.rank, self.world = spec, batch_size, seed, rank, world
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def plan(self, epoch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """This process's image indices of `epoch` [steps, batch] and their augmentation parameters, each [steps, batch]."""
+        generator = torch.Generator(device=self.device).manual_seed(_mix(self.seed, epoch))
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator, device=self.device)
+        params = draw_augmentation(self.spec, n, generator)  # for the image at each position of the order
+        used = self.steps * self.world * self.batch_size
+
+        def mine(t):
+            return t[:used].unflatten(0, (self.steps, self.world, self.batch_size))[:, self.rank]
+        return mine(order), [mine(p) for p in params]
+
+    def epoch(self, epoch: int):
+        """This process's (normalized images, labels) of `epoch`, on the device."""
+        order, params = self.plan(epoch)
+        for step in range(self.steps):
+            index = order[step]
+            images = apply_augmentation(self.images.index_select(0, index), self.spec, [p[step] for p in params])
+            yield normalize(images, self.spec, self.channels_last), self.labels.index_select(0, index)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
