@@ -91,11 +91,12 @@ def test_resume_after_sigkill_gives_the_same_weights(kill_when, trained_run, tmp
     _assert_same_weights(run_dir, trained_run)
 
 
-def test_time_limit_stops_checkpointed_and_resume_finishes_the_same_run(trained_run, tmp_path, script_env,
-                                                                         cifar10_dir):
+@pytest.mark.parametrize('stop', [['--time-limit', '0.01'], ['--stop-after', '1']])  # 0.6 s: one epoch, then stop
+def test_a_stopped_run_is_checkpointed_and_resume_finishes_the_same_run(stop, trained_run, tmp_path, script_env,
+                                                                        cifar10_dir):
     run_dir = tmp_path / 'limited'
     args = [*TRAIN_ARGS, '--data-source', cifar10_dir, '--output-dir', run_dir]
-    stopped = run_script('train.py', *args, '--time-limit', '0.01', env=script_env)  # 0.6 s: one epoch, then stop
+    stopped = run_script('train.py', *args, *stop, env=script_env)
     assert 'stopped after epoch 1' in stopped.stdout
     assert [e['epoch'] for e in _log(run_dir)] == [1] and not (run_dir / 'model.safetensors').exists()
     assert json.loads((run_dir / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
