@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .fused import plain_ops
+
 __all__ = ['ModelCost', 'count_cost']
 
 
@@ -33,7 +35,10 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
 
 @torch.no_grad()
 def count_cost(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> ModelCost:
-    """Count params and MACs for one image of `input_size` (C, H, W); defaults to the model's pretrained_cfg."""
+    """Count params and MACs for one image of `input_size` (C, H, W); defaults to the model's pretrained_cfg.
+
+    A reparameterized XSepConv runs its plain convs here, so that they are seen, not the fused op.
+    """
     if input_size is None:
         input_size = model.pretrained_cfg['input_size']
     layer_macs: dict[str, int] = {}
@@ -49,7 +54,8 @@ def count_cost(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> 
     try:
         model.eval()
         param = next(model.parameters())
-        model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+        with plain_ops(model):
+            model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
     finally:
         model.train(was_training)
         for h in handles:

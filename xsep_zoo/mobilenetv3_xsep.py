@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import create_conv2d
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models._efficientnet_blocks import SqueezeExcite
+from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from timm.models._efficientnet_builder import (
     decode_arch_def, efficientnet_init_weights, resolve_act_layer, resolve_bn_args, round_channels,
 )
@@ -33,7 +33,7 @@ from .hub import WeightsError, pretrained_weights_overlay
 from .pretrained import DATASET_CFGS, PUBLISHED, UNTRAINED_TAG, check_weights_request, published_tags
 from .xsepconv import XSEP_VARIANTS, PaddedConv2x2, XSepConv, padding_plan
 
-__all__ = ['XSepMobileNetV3', 'ARCH_VARIANTS', 'FamilyModel', 'MODELS', 'MODEL_NAMES']
+__all__ = ['XSepMobileNetV3', 'XSepInvertedResidual', 'ARCH_VARIANTS', 'FamilyModel', 'MODELS', 'MODEL_NAMES']
 
 Slot = tuple[int, int]  # (stage, block) in model.blocks
 
@@ -145,6 +145,20 @@ def _parse_op(op: str) -> tuple[str, int]:
     return kind, k
 
 
+class XSepInvertedResidual(InvertedResidual):
+    """timm's InvertedResidual whose conv_dw is an XSepConv: for inference it folds `bn2` into the XSepConv.
+
+    timm's `reparameterize_model` calls a block's `reparameterize()` before its children's: the XSepConv takes in
+    the BatchNorm + activation after it, so the fused CPU op runs both in one pass, and `bn2` becomes an identity.
+    Same attributes, weights and forward as timm's block otherwise.
+    """
+
+    def reparameterize(self) -> None:
+        if isinstance(self.conv_dw, XSepConv) and isinstance(self.bn2, nn.BatchNorm2d):
+            self.conv_dw.reparameterize(self.bn2)
+            self.bn2 = nn.Identity()
+
+
 class XSepMobileNetV3(MobileNetV3):
     """timm's MobileNetV3 with chosen depthwise convs swapped and a network-wide 2x2 padding plan.
 
@@ -198,6 +212,8 @@ class XSepMobileNetV3(MobileNetV3):
         else:
             # the internal nonlinearities are the block's own (hard-swish in every slot the paper uses)
             new = XSepConv(channels, k, stride, variant=xsep_variant, act_layer=type(block.bn2.act))
+            if type(block) is InvertedResidual:
+                block.__class__ = XSepInvertedResidual  # a subclass adding only reparameterize(): same state
         efficientnet_init_weights(new)
         block.conv_dw = new
 

@@ -10,8 +10,11 @@ side, which shifts the features by half a pixel. `improved_padding_plan` picks t
 so that the shifts cancel on paths through every 2x2 layer (the paper's improved symmetric padding);
 on a path that skips some of them through residual connections they need not cancel. The
 'symmetric' mode is the per-layer grouped padding of Wu et al. 2019 (arXiv:1903.08385).
+
+For inference, `reparameterize()` folds the BatchNorms into the convs (optionally the block's own one after the
+layer too), and on CPU the resulting chain runs as one fused op (`xsep_zoo/fused.py`).
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import fused as _fused
 from ._checks import check_choice
 
 __all__ = [
@@ -141,28 +145,76 @@ class XSepConv(nn.Module):
         self.bn_1xk = bn_act()
         self.conv_kx1 = _depthwise(channels, (k, 1), (stride, 1))
         self.bn_kx1 = bn_act(variant == 'behind')
+        # the enclosing block's BN + activation, once reparameterize(norm_act) has taken it in
+        self.bn_out = nn.Identity()
 
         self.fused = False
+        self.use_fused_op = False  # run the fused op (set by reparameterize, see fused.set_fused_op)
+        self._op_acts = None  # (the layer's activation, the block's) as the op names them
+        for name in _fused.TENSOR_ARGS:  # the folded weights in the op's layout: derived state, not saved
+            self.register_buffer(f'_op_{name}', None, persistent=False)
+        self.register_load_state_dict_post_hook(_repack_after_load)
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
+    def reparameterize(self, norm_act: Optional[nn.Module] = None) -> None:
         """Fold each internal BatchNorm into the conv before it, and the padded 2x2 conv into a 3x3 one.
 
         In eval mode the result computes the same function with fewer passes over memory and no
         padding copy, on the fast odd-kernel depthwise path; idempotent. It keeps
         no batch statistics, so it cannot train: switching it to training mode raises an error.
         Called by `timm.utils.reparameterize_model`.
+
+        `norm_act` is the BatchNorm (+ activation, timm's BatchNormAct2d) that follows this layer in its block (timm's
+        `bn2`): it is folded in too, so the layer computes `norm_act(layer(x))` and the caller replaces its own
+        by an identity (the zoo's blocks do, see `XSepInvertedResidual`). On CPU, float32, the folded chain then
+        runs as one op (`xsep_zoo/fused.py`); TorchScript, FX, ONNX and other devices run the plain convs.
         """
-        if self.fused:
-            return
         if self.training:
             raise RuntimeError('reparameterize() folds BatchNorm running statistics: call it in eval mode')
-        self.conv_2x2, self.bn_2x2 = _fold_bn(self.conv_2x2, self.bn_2x2)
-        self.conv_1xk, self.bn_1xk = _fold_bn(self.conv_1xk, self.bn_1xk)
-        self.conv_kx1, self.bn_kx1 = _fold_bn(self.conv_kx1, self.bn_kx1)
-        if isinstance(self.conv_2x2, PaddedConv2x2):
-            self.conv_2x2 = _as_3x3(self.conv_2x2)
-        self.fused = True
+        if not self.fused:
+            self.conv_2x2, self.bn_2x2 = _fold_bn(self.conv_2x2, self.bn_2x2)
+            self.conv_1xk, self.bn_1xk = _fold_bn(self.conv_1xk, self.bn_1xk)
+            self.conv_kx1, self.bn_kx1 = _fold_bn(self.conv_kx1, self.bn_kx1)
+            if isinstance(self.conv_2x2, PaddedConv2x2):
+                self.conv_2x2 = _as_3x3(self.conv_2x2)
+            self.train(False)  # the new modules too
+            self.fused = True
+        elif norm_act is None:
+            return
+        if norm_act is not None:
+            self._take_in(norm_act)
+        self._pack()
+
+    def _take_in(self, norm: nn.Module) -> None:
+        """Fold the block's BN after this layer into its last conv; its activation becomes `bn_out`."""
+        if not isinstance(norm, nn.BatchNorm2d) or norm.running_mean is None or norm.running_var is None:
+            raise ValueError(
+                'reparameterize(norm_act) folds a BatchNorm2d with running statistics (timm BatchNormAct2d '
+                f'included), got {type(norm).__name__}')
+        if norm.training:
+            raise RuntimeError('reparameterize(norm_act) folds running statistics: put norm_act in eval mode')
+        if not isinstance(self.bn_out, nn.Identity):
+            raise RuntimeError('this XSepConv has already taken in the norm after it')
+        if self.variant == 'parallel':
+            self.bn_out = norm  # the sum of the two branches is between the convs and the BN: nothing to fold into
+            return
+        last = 'conv_2x2' if self.variant == 'behind' else 'conv_kx1'
+        folded, self.bn_out = _fold_bn(getattr(self, last), norm)
+        setattr(self, last, folded)
+
+    def _pack(self, enable: bool = True) -> None:
+        """Lay out the folded weights for the fused op, and turn it on (if `enable`) where it can run this layer."""
+        packed = _fused.pack(self)
+        for name in _fused.TENSOR_ARGS:
+            setattr(self, f'_op_{name}', None if packed is None else packed['tensors'][name])
+        self._op_acts = None if packed is None else packed['acts']
+        self.use_fused_op = enable and packed is not None and _fused.op_available()
+
+    def __setstate__(self, state: dict) -> None:
+        # a layer unpickled in another process: the op is loaded there before the layer runs it
+        super().__setstate__(state)
+        if self.__dict__.get('use_fused_op'):
+            self.use_fused_op = _fused.op_available()
 
     def train(self, mode: bool = True):
         if mode and self.fused:
@@ -172,12 +224,32 @@ class XSepConv(nn.Module):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._runs_fused_op(x):
+            return self._fused_op(x)
         if self.variant == 'parallel':
-            return self.bn_2x2(self.conv_2x2(x)) + self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
-        if self.variant == 'behind':
-            return self.conv_2x2(self.bn_kx1(self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))))
-        x = self.bn_2x2(self.conv_2x2(x))  # identities for 'no2x2'
-        return self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
+            x = self.bn_2x2(self.conv_2x2(x)) + self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
+        elif self.variant == 'behind':
+            x = self.conv_2x2(self.bn_kx1(self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))))
+        else:
+            x = self.bn_2x2(self.conv_2x2(x))  # identities for 'no2x2'
+            x = self.conv_kx1(self.bn_1xk(self.conv_1xk(x)))
+        return self.bn_out(x)
+
+    @torch.jit.unused
+    def _runs_fused_op(self, x: torch.Tensor) -> bool:
+        """Eager, torch.compile and torch.export on float32 inputs without autograd, on CPU (or CUDA where the
+        Triton kernel is registered); the plain convs otherwise."""
+        if not self.use_fused_op or _fused.captured_for_export(x):
+            return False
+        return _fused.runs_on(x, self.variant) and not (x.requires_grad and torch.is_grad_enabled())
+
+    @torch.jit.unused
+    def _fused_op(self, x: torch.Tensor) -> torch.Tensor:
+        b = self._buffers  # one dict for the eight tensors: module attribute lookups cost more than the op at batch 1
+        act, act_out = self._op_acts
+        return torch.ops.xsep_zoo.fused_xsepconv.default(
+            x, self.variant, self.stride, b['_op_w3'], b['_op_b3'], b['_op_w1'], b['_op_b1'], b['_op_wk'],
+            b['_op_bk'], b['_op_scale'], b['_op_shift'], act, act_out)
 
     def extra_repr(self) -> str:
         return f'kernel_size={self.kernel_size}, stride={self.stride}, variant={self.variant!r}'
@@ -187,7 +259,14 @@ def _fold_bn(conv: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(conv with the BN folded in, what remains of the BN: its activation); identities pass through."""
     if isinstance(bn, nn.Identity):
         return conv, bn
-    return fuse_conv_bn_eval(conv, bn), nn.Sequential(bn.drop, bn.act)
+    rest = nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
+    return fuse_conv_bn_eval(conv, bn), rest
+
+
+def _repack_after_load(layer: 'XSepConv', incompatible_keys) -> None:
+    """load_state_dict into a reparameterized layer changes its conv weights: lay them out for the op again."""
+    if layer.fused:
+        layer._pack(enable=layer.use_fused_op)
 
 
 @torch.no_grad()
