@@ -9,14 +9,23 @@ All models are measured interleaved in one process, round by round (every model 
 again, starting one model later each round), so a slow moment of a noisy machine falls on all of
 them and their ratios hold. A figure is the median over rounds with its min-max; batch-1 latency
 is the median of single calls with their 10-90 % range. Forms: 'plain' is the model as trained
-(eval mode), 'fused' is `timm.utils.reparameterize_model(model)`, 'compiled' is torch.compile of
-the fused model (inductor, with freezing). DW models have nothing to fuse: their fused form is the
-plain one and is not measured twice. Inputs are random normal images; weights are random, with
-BatchNorm statistics calibrated on such inputs.
+(eval mode); 'folded' is `timm.utils.reparameterize_model(model)` with the XSepConvs as three
+depthwise convs (BatchNorms folded); 'fused' is `reparameterize_model(model)` as it comes, each
+XSepConv with its block's BatchNorm + activation one op (xsep_zoo/fused.py) where that op runs;
+'compiled' is torch.compile of the fused model (inductor, with freezing, which folds the DW models'
+BatchNorms too), 'compiled-folded' that of the folded one (inductor left to fuse the three convs).
+DW models have nothing to fold or fuse in eager mode: those forms are their plain one and are not
+measured twice. Each XSepConv model is also compared in its fastest form against its
+DW partner in the partner's fastest form. Per layer, each XSepConv with the block's BatchNorm +
+activation after it is timed against the depthwise conv + BatchNorm + activation in the same slot of
+the DW partner, beside the time the machine's measured memory bandwidth and arithmetic peak allow.
+Inputs are random normal images; weights are random, with BatchNorm statistics calibrated on such
+inputs.
 """
 import argparse
 import copy
 import json
+import math
 import os
 import shlex
 import statistics
@@ -33,13 +42,15 @@ from timm.utils import reparameterize_model
 
 import xsep_zoo  # noqa: F401  registers the models
 from readme_section import check_section, print_and_write
-from xsep_zoo import MODELS, XSepConv, count_cost
+from xsep_zoo import MODELS, XSepConv, count_cost, set_fused_op
+from xsep_zoo.fused import op_available
 from xsep_zoo.engine import describe_machine
 
 # timm's own model, then the paper's model and the kernel-size experiments, each after its DW partner
 TIMED = ('mobilenetv3_small_xsep_100', 'mobilenetv3_small_xsep_k7_100', 'mobilenetv3_small_xsep_ds7_100')
 DEFAULT_MODELS = ('timm:mobilenetv3_small_100', *(name for xsep in TIMED for name in (MODELS[xsep].dw_partner, xsep)))
-FORMS = ('plain', 'fused', 'compiled')
+FORMS = ('plain', 'folded', 'fused', 'compiled', 'compiled-folded')
+SUMMARY_SECTION = 'speed-summary'
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -52,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='CPU threads (default: all cores)')
     p.add_argument('--precision', nargs='+', default=['fp32'], choices=sorted(PRECISIONS),
                    help='fp32, or autocast to bf16 / fp16')
-    p.add_argument('--forms', nargs='+', default=['plain', 'fused'], choices=FORMS)
+    p.add_argument('--forms', nargs='+', default=['plain', 'folded', 'fused'], choices=FORMS)
     p.add_argument('--input-size', type=int, default=32, help='square input side (default 32)')
     p.add_argument('--eval-batch', type=int, default=256)
     p.add_argument('--train-batch', type=int, default=128, help='0 skips the training measurement')
@@ -67,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--json', type=Path, help='write all measurements here')
     p.add_argument('--readme', type=Path, help='rewrite a section of this file (see --section)')
     p.add_argument('--section', help='README section to rewrite (default: benchmark-<device type>)')
+    p.add_argument('--summary', type=Path,
+                   help=f'also rewrite the {SUMMARY_SECTION} section of this file: the fastest forms compared')
     p.add_argument('--from-json', type=Path, help='measure nothing: print (and --readme) the tables of a saved --json')
     return p.parse_args(argv)
 
@@ -102,7 +115,9 @@ def make_form(model: nn.Module, form: str) -> nn.Module:
     if form == 'plain':
         return model
     fused = reparameterize_model(model)  # a copy
-    if form == 'compiled':
+    if form in ('folded', 'compiled-folded'):
+        set_fused_op(fused, False)
+    if form.startswith('compiled'):
         torch._inductor.config.freezing = True  # weights as constants: inductor folds and prepacks them
         return torch.compile(fused, dynamic=False)  # one graph per input shape
     return fused
@@ -189,6 +204,34 @@ def train_measurement(model, images, labels, timer, iters, autocast):
     return lambda: images.shape[0] * iters / timer(step, iters)  # images/s
 
 
+# ---------------------------------------------------------------- the machine's limits
+
+def machine_limits(device: torch.device, timer: 'Timer', repeats: int = 5) -> dict:
+    """What this device can do at best, measured: memory bandwidth (bytes/s) and fp32 multiply-adds per second.
+
+    Bandwidth is that of copying a 256 MiB tensor (read once, written once), far larger than any cache;
+    arithmetic is a 2048^3 fp32 matmul, the kind of work that reaches a CPU's vector units' peak. A layer's
+    limit is the longer of moving its input and output once and doing its multiply-adds at that peak.
+    """
+    source = torch.ones(64 << 20, device=device)
+    target = torch.empty_like(source)
+    a = torch.randn(2048, 2048, device=device)
+    b = torch.randn(2048, 2048, device=device)
+    copy_s = min(timer(lambda: target.copy_(source)) for _ in range(repeats))
+    matmul_s = min(timer(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return dict(bytes_per_s=2 * source.numel() * source.element_size() / copy_s, macs_per_s=2048 ** 3 / matmul_s)
+
+
+def layer_limit_ms(input_shape: tuple, output_shape: tuple, macs_per_image: int, batch: int, limits: dict) -> dict:
+    """The fastest a layer could be on this device: its input read and output written once (fp32), or its
+    multiply-adds at the device's peak, whichever takes longer; ms per call."""
+    elements = batch * (math.prod(input_shape) + math.prod(output_shape))
+    memory_ms = 1e3 * 4 * elements / limits['bytes_per_s']
+    arithmetic_ms = 1e3 * batch * macs_per_image / limits['macs_per_s']
+    return dict(memory_ms=memory_ms, arithmetic_ms=arithmetic_ms, bound='memory' if memory_ms >= arithmetic_ms
+                else 'arithmetic')
+
+
 # ---------------------------------------------------------------- layers
 
 def xsep_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, XSepConv, tuple]]:
@@ -218,14 +261,39 @@ def _table(caption: str, header: list[str], rows: list[list[str]], text_columns:
     return lines + ['| ' + ' | '.join(row) + ' |' for row in rows] + ['']
 
 
+def _header(result: dict) -> str:
+    a, limits = result['settings'], result.get('limits')
+    line = (f'Measured on {result["machine"]}, {a["input_size"]}x{a["input_size"]} inputs, '
+            f'{"channels_last" if a["channels_last"] else "NCHW"}, {a["rounds"]} interleaved rounds, by '
+            f'`{a["command"]}`.')
+    if limits:
+        line += (f' This machine moves {limits["bytes_per_s"] / 1e9:.1f} GB/s (a large copy) and does '
+                 f'{limits["macs_per_s"] / 1e9:.0f} G multiply-adds/s (a large fp32 matmul).')
+    if 'fused_op' in result and not result['fused_op']:
+        line += ' The fused XSepConv op could not be built here: the fused forms ran the plain convs.'
+    return line
+
+
+def fastest_table(result: dict, precision: str) -> list[str]:
+    pairs = [p for p in result.get('fastest', []) if p['precision'] == precision]
+    if not pairs:
+        return []
+    return _table(
+        'Each XSepConv model in its fastest form against its DW partner in the partner\'s fastest form '
+        '(form: XSepConv / DW); time ratios below 1 mean XSepConv is faster.',
+        ['XSepConv model', 'DW partner', 'MAC ratio', f'eval b{result["settings"]["eval_batch"]} time ratio',
+         'forms', 'latency b1 ratio', 'forms'],
+        [[f'`{p["model"]}`', f'`{p["dw"]}`', f'{p["mac_ratio"]:.2f}', f'{p["eval_ratio"]:.2f}',
+          ' / '.join(p['eval_forms']), f'{p["latency_ratio"]:.2f}', ' / '.join(p['latency_forms'])] for p in pairs])
+
+
+def _of_limit(ms: dict, limit: dict) -> str:
+    return f'{ms["median"] / max(limit["memory_ms"], limit["arithmetic_ms"]):.1f}x'
+
+
 def markdown(result: dict) -> str:
     a = result['settings']
-    lines = [
-        f'Measured on {result["machine"]}, {a["input_size"]}x{a["input_size"]} inputs, '
-        f'{"channels_last" if a["channels_last"] else "NCHW"}, {a["rounds"]} interleaved rounds, by '
-        f'`{a["command"]}`. Throughput: median (min-max over rounds); times: median (10-90 % of the calls).',
-        '',
-    ]
+    lines = [_header(result) + ' Throughput: median (min-max over rounds); times: median (10-90 % of the calls).', '']
     for precision in a['precision']:
         columns = 6 if a['train_batch'] else 5  # without a training measurement, no column for it
         lines += [f'**{precision}**', '']
@@ -237,17 +305,36 @@ def markdown(result: dict) -> str:
              fmt(r['train']) if r.get('train') else '-'][:columns]
             for r in result['models'] if r['precision'] == precision
         ])
+        lines += fastest_table(result, precision)
         pairs = [p for p in result['pairs'] if p['precision'] == precision]
         if pairs:
             lines += _table(
-                'XSepConv / DW ratios: MACs (the ideal) beside time (median eval time per image, batch-1 '
-                'latency, training time per image); below 1 means XSepConv is faster.',
+                'Form by form: XSepConv / DW ratios of MACs (the ideal) and time (eval time per image, batch-1 '
+                'latency, training time per image); the DW partner has no folded or fused form and is its plain self '
+                'there.',
                 ['XSepConv model', 'form', 'MAC ratio', 'eval time ratio', 'latency ratio', 'train time ratio'],
                 [[f'`{p["model"]}`', p['form'], f'{p["mac_ratio"]:.2f}', f'{p["eval_ratio"]:.2f}',
                   f'{p["latency_ratio"]:.2f}', f'{p["train_ratio"]:.2f}' if p.get('train_ratio') else '-']
                  for p in pairs])
         layers = [r for r in result['layers'] if r['precision'] == precision]
-        if layers:
+        if layers and 'folded_ms' in layers[0]:
+            lines += _table(
+                'Per layer: each XSepConv followed by its block\'s BatchNorm + activation against the depthwise conv + '
+                'BatchNorm + activation in the same slot of the DW partner, eval forward in ms: as trained (plain), '
+                'folded into three convs, and fused into one op; time ratio = fused / DW. The limit is the longer of '
+                'reading the input and writing the output once at the measured bandwidth and doing the layer\'s '
+                'multiply-adds at the measured peak; "of limit" says how many times that each one takes.',
+                ['model', 'layer', 'input', 'k, stride', 'batch', 'DW (ms)', 'plain (ms)', 'folded (ms)', 'fused (ms)',
+                 'time ratio', 'MAC ratio', 'limit (ms), bound', 'fused of limit', 'DW of limit'],
+                [[f'`{r["model"]}`', r['layer'], 'x'.join(map(str, r['input'])), f'{r["kernel"]}, {r["stride"]}',
+                  str(r['batch']), fmt(r['dw_ms'], 3), fmt(r['plain_ms'], 3), fmt(r['folded_ms'], 3),
+                  fmt(r['fused_ms'], 3), f'{r["fused_ms"]["median"] / r["dw_ms"]["median"]:.2f}',
+                  f'{r["mac_ratio"]:.2f}',
+                  f'{max(r["xsep_limit"]["memory_ms"], r["xsep_limit"]["arithmetic_ms"]):.3f}, '
+                  f'{r["xsep_limit"]["bound"]}', _of_limit(r['fused_ms'], r['xsep_limit']),
+                  _of_limit(r['dw_ms'], r['dw_limit'])]
+                 for r in layers], text_columns=3)
+        elif layers:  # a saved run from before the forms of a layer were told apart
             lines += _table(
                 'Per layer: each XSepConv against the depthwise conv it replaces (same slot of the DW '
                 'partner), eval forward in ms; ratio = fused XSepConv / DW.',
@@ -260,6 +347,13 @@ def markdown(result: dict) -> str:
     return '\n'.join(lines)
 
 
+def readme_summary(result: dict) -> str:
+    """The README's speed summary: the fastest-form comparison of each pair, in fp32."""
+    lines = [_header(result), ''] + fastest_table(result, 'fp32')
+    lines.append('Per model and per layer, with the machine\'s limits: [docs/speed.md](docs/speed.md).')
+    return '\n'.join(lines) + '\n'
+
+
 # ---------------------------------------------------------------- main
 
 def model_rows(built: dict, costs: dict, args, inputs: dict, labels, timer, autocast, precision: str) -> list[dict]:
@@ -267,8 +361,8 @@ def model_rows(built: dict, costs: dict, args, inputs: dict, labels, timer, auto
     rows = []
     for name, base in built.items():
         for form in args.forms:
-            if form == 'fused' and not has_xsepconv(base):
-                continue  # nothing to fold: the plain form is the fused one
+            if form in ('folded', 'fused', 'compiled-folded') and not has_xsepconv(base):
+                continue  # nothing to fold or fuse in eager mode: the plain form is the fused one
             model = make_form(base, form)
             row = dict(model=name, form=form, precision=precision, macs=costs[name].macs, params=costs[name].params)
             row['_m'] = dict(
@@ -283,23 +377,35 @@ def model_rows(built: dict, costs: dict, args, inputs: dict, labels, timer, auto
 
 
 def layer_rows(name: str, model: nn.Module, partner: nn.Module, args, inputs: dict, generator, timer, autocast,
-               precision: str) -> list[dict]:
-    """A row per XSepConv of `model` and batch size: it, its fused form and the DW conv in the partner's slot."""
+               precision: str, limits: dict) -> list[dict]:
+    """A row per XSepConv of `model` and batch size: it with its block's BN + activation, in each form, and the DW
+    conv + BN + activation in the same slot of the partner, with the machine's limit for each."""
     rows = []
     device, memory_format = inputs[1].device, _memory_format(args)
     for layer_name, layer, shape in xsep_layers(model, inputs[1]):
-        dw = partner.get_submodule(layer_name)
+        block_name = layer_name.rsplit('.', 1)[0]
+        block, partner_block = model.get_submodule(block_name), partner.get_submodule(block_name)
+        dw = nn.Sequential(partner_block.conv_dw, partner_block.bn2).eval()
+        folded = copy.deepcopy(layer).eval()
+        folded.reparameterize()
+        set_fused_op(folded, False)
         fused = copy.deepcopy(layer).eval()
-        fused.reparameterize()
-        mac_ratio = count_cost(layer, shape).macs / count_cost(dw, shape).macs
+        fused.reparameterize(copy.deepcopy(block.bn2).eval())
+        forms = dict(dw_ms=dw, plain_ms=nn.Sequential(layer, block.bn2).eval(),
+                     folded_ms=nn.Sequential(folded, copy.deepcopy(block.bn2)).eval(), fused_ms=fused)
+        with torch.no_grad():
+            out_shape = tuple(dw(torch.zeros(1, *shape, device=device)).shape[1:])
+        xsep_macs, dw_macs = count_cost(layer, shape).macs, count_cost(partner_block.conv_dw, shape).macs
         for batch in args.layer_batches:
             x = torch.randn(batch, *shape, generator=generator).to(device, memory_format=memory_format)
             calls = 1 if batch > 1 else args.latency_calls
             rows.append(dict(
                 model=name, layer=layer_name, input=shape, kernel=layer.kernel_size, stride=layer.stride, batch=batch,
-                precision=precision, mac_ratio=mac_ratio,
+                precision=precision, mac_ratio=xsep_macs / dw_macs, fused_op=fused.use_fused_op,
+                xsep_limit=layer_limit_ms(shape, out_shape, xsep_macs, batch, limits),
+                dw_limit=layer_limit_ms(shape, out_shape, dw_macs, batch, limits),
                 _m={key: Measurement(latency_measurement(module, x, timer, calls, autocast))
-                    for key, module in (('dw_ms', dw), ('plain_ms', layer), ('fused_ms', fused))},
+                    for key, module in forms.items()},
             ))
     return rows
 
@@ -313,8 +419,10 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
     for row in rows:
         partner, precision = dw_partner(row['model']), row['precision']
         dw = find(partner, precision, row['form'])
-        if dw is None and row['form'] == 'fused':
-            dw = find(partner, precision, 'plain')  # a DW model's fused form is its plain one
+        if dw is None and row['form'] in ('folded', 'fused'):
+            dw = find(partner, precision, 'plain')  # a DW model's folded and fused forms are its plain one
+        if dw is None and row['form'] == 'compiled-folded':
+            dw = find(partner, precision, 'compiled')
         if dw is None:
             continue
         plain = find(row['model'], precision, 'plain') or {}
@@ -325,6 +433,29 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
             latency_ratio=row['latency_ms']['median'] / dw['latency_ms']['median'],
             train_ratio=dw['train']['median'] / plain['train']['median'] if dw.get('train') and plain.get('train')
             else None,
+        ))
+    return pairs
+
+
+def fastest_pairs(rows: list[dict]) -> list[dict]:
+    """Each XSepConv model in its fastest measured form against its DW partner in the partner's fastest form,
+    separately for eval throughput and batch-1 latency."""
+    pairs = []
+    for row in rows:
+        if row['form'] != 'plain' or dw_partner(row['model']) is None:
+            continue
+        mine = [r for r in rows if (r['model'], r['precision']) == (row['model'], row['precision'])]
+        theirs = [r for r in rows if (r['model'], r['precision']) == (dw_partner(row['model']), row['precision'])]
+        if not theirs:
+            continue
+        x_eval, d_eval = (max(group, key=lambda r: r['eval']['median']) for group in (mine, theirs))
+        x_lat, d_lat = (min(group, key=lambda r: r['latency_ms']['median']) for group in (mine, theirs))
+        pairs.append(dict(
+            model=row['model'], dw=theirs[0]['model'], precision=row['precision'],
+            mac_ratio=row['macs'] / theirs[0]['macs'],
+            eval_forms=(x_eval['form'], d_eval['form']), eval_ratio=d_eval['eval']['median'] / x_eval['eval']['median'],
+            latency_forms=(x_lat['form'], d_lat['form']),
+            latency_ratio=x_lat['latency_ms']['median'] / d_lat['latency_ms']['median'],
         ))
     return pairs
 
@@ -347,6 +478,7 @@ def benchmark(args: argparse.Namespace, command: str) -> dict:
               for b in {args.eval_batch, 1, args.train_batch or 1}}
     labels = torch.randint(0, 10, (args.train_batch or 1,), generator=generator).to(device)
 
+    limits = machine_limits(device, timer)
     built = {name: build_model(name, size) for name in args.models}
     costs = {name: count_cost(model, (3, size, size)) for name, model in built.items()}
     for model in built.values():
@@ -360,17 +492,19 @@ def benchmark(args: argparse.Namespace, command: str) -> dict:
             for name, model in built.items():
                 partner = built.get(dw_partner(name))
                 if partner is not None:
-                    layers += layer_rows(name, model, partner, args, inputs, generator, timer, autocast, precision)
+                    layers += layer_rows(name, model, partner, args, inputs, generator, timer, autocast, precision,
+                                         limits)
 
     run_rounds([m for row in rows + layers for m in row['_m'].values()], args.rounds, args.warmup_rounds)
     for row in rows + layers:
         for key, m in row.pop('_m').items():
             row[key] = summary(m.samples) if key in ('eval', 'train') else percentiles(m.samples)
 
-    settings = {k: v for k, v in vars(args).items() if k not in ('json', 'readme', 'section', 'from_json')}
+    settings = {k: v for k, v in vars(args).items() if k not in ('json', 'readme', 'section', 'from_json', 'summary')}
     settings['command'] = command
-    return dict(machine=describe_machine(), settings=json.loads(json.dumps(settings, default=str)),
-                models=rows, pairs=pair_ratios(rows), layers=layers)
+    return dict(machine=describe_machine(), settings=json.loads(json.dumps(settings, default=str)), limits=limits,
+                fused_op=op_available(), models=rows, pairs=pair_ratios(rows), fastest=fastest_pairs(rows),
+                layers=layers)
 
 
 def main(argv=None) -> dict:
@@ -379,17 +513,22 @@ def main(argv=None) -> dict:
         result = json.loads(args.from_json.read_text())
         device = torch.device(result['settings']['device'])
         print_and_write(markdown(result), args.readme, args.section or f'benchmark-{device.type}')
+        if args.summary:
+            print_and_write(readme_summary(result), args.summary, SUMMARY_SECTION)
         return result
     command = 'python ' + shlex.join(['scripts/benchmark.py', *(sys.argv[1:] if argv is None else argv)])
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         sys.exit(f'--device {args.device}: CUDA is not available here; allowed: cpu')
     section = args.section or f'benchmark-{torch.device(args.device).type}'
     check_section(args.readme, section)
+    check_section(args.summary, SUMMARY_SECTION)
     result = benchmark(args, command)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + '\n')
     print_and_write(markdown(result), args.readme, section)
+    if args.summary:
+        print_and_write(readme_summary(result), args.summary, SUMMARY_SECTION)
     return result
 
 

@@ -435,7 +435,8 @@ TYPICAL_ITERS = 10  # Lanczos iterations a Hessian at init usually takes to move
 
 
 def estimate_seconds(models, warmup_models, costs, args, warmup_steps, test_images, hessian_iters: int) -> float:
-    """The run's time from `time_costs` with `hessian_iters` per Hessian; an evaluation batch costs a third of a step."""
+    """The run's time from `time_costs` with `hessian_iters` per Hessian; an evaluation batch costs a third of a
+    step."""
     total = 0.0
     for name in models:
         c = costs['dw' if MODELS[name].dw_partner is None else 'xsep'] if len(costs) > 1 else next(iter(costs.values()))

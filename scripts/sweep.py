@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from compare_runs import NOT_RECIPE  # settings that say where or how fast a run ran: not in its name
+from readme_section import check_section, print_and_write
 
 TRAIN_SCRIPT = Path(__file__).resolve().with_name('train.py')
 # train.py flags that the sweep sets itself, with the option that sets them
@@ -77,6 +78,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list]:
                         'started run trains at least one epoch); the same command continues')
     t = p.add_argument_group('--throughput')
     t.add_argument('--throughput', action='store_true', help='measure training images/s instead of training')
+    t.add_argument('--readme', type=Path, help='also write the throughput table into this markdown file ...')
+    t.add_argument('--section', default='training-throughput', help='... between its <!-- SECTION:start/end --> '
+                   'markers (default training-throughput)')
     t.add_argument('--warmup-steps', type=int, default=10, help='steps before the timed window (default 10)')
     t.add_argument('--seconds', type=float, default=20.0, help='length of the timed window (default 20)')
     t.add_argument('--images', type=int, default=50_000, help='synthetic training images per run (default 50000)')
@@ -422,6 +426,7 @@ def throughput_table(rows: list, command: str) -> str:
 def main(argv=None) -> None:
     args, extra = parse_args(argv)
     if args.throughput:
+        check_section(args.readme, args.section)
         settings = set_flags(args.set)
         if len(settings) > 1:
             sys.exit('--throughput measures one setting: give --set without comma lists')
@@ -433,7 +438,8 @@ def main(argv=None) -> None:
                                                args.cores))
             except RuntimeError as e:
                 sys.exit(f'--throughput: {e}')
-        print(throughput_table(rows, shlex.join(['python', 'scripts/sweep.py', *sys.argv[1:]])))
+        print_and_write(throughput_table(rows, shlex.join(['python', 'scripts/sweep.py', *sys.argv[1:]])) + '\n',
+                        args.readme, args.section)
         return
     runs = plan(args.models, args.seeds, args.dataset, args.set, extra, args.root)
     args.root.mkdir(parents=True, exist_ok=True)

@@ -143,7 +143,7 @@ def test_benchmark_measures_every_form_interleaved(benchmark_run):
     data, _, _ = benchmark_run
     dw, xsep = BENCH_MODELS
     rows = {(r['model'], r['form']): r for r in data['models']}
-    assert set(rows) == {(dw, 'plain'), (xsep, 'plain'), (xsep, 'fused')}  # DW models have nothing to fuse
+    assert set(rows) == {(dw, 'plain'), (xsep, 'plain'), (xsep, 'folded'), (xsep, 'fused')}  # DW: nothing to fuse
     for (model, form), r in rows.items():
         assert r['eval']['n'] == 2 and r['latency_ms']['n'] == 2 * 3  # per round; every single call
         assert r['eval']['min'] <= r['eval']['median'] <= r['eval']['max']
@@ -161,7 +161,14 @@ def test_benchmark_ratios_are_xsep_over_dw(benchmark_run):
         assert pair['mac_ratio'] == pytest.approx(xsep['macs'] / dw['macs'])
         assert pair['eval_ratio'] == pytest.approx(dw['eval']['median'] / xsep['eval']['median'])
         assert pair['latency_ratio'] == pytest.approx(xsep['latency_ms']['median'] / dw['latency_ms']['median'])
-    assert {p['form'] for p in data['pairs']} == {'plain', 'fused'}
+    assert {p['form'] for p in data['pairs']} == {'plain', 'folded', 'fused'}
+    (fastest,) = data['fastest']
+    xsep_forms = [r for r in data['models'] if r['model'] == 'mobilenetv3_small_xsep_100']
+    best = max(xsep_forms, key=lambda r: r['eval']['median'])
+    assert fastest['eval_forms'] == (best['form'], 'plain') or fastest['eval_forms'] == [best['form'], 'plain']
+    assert fastest['eval_ratio'] == pytest.approx(dw['eval']['median'] / best['eval']['median'])
+    quickest = min(xsep_forms, key=lambda r: r['latency_ms']['median'])
+    assert fastest['latency_ratio'] == pytest.approx(quickest['latency_ms']['median'] / dw['latency_ms']['median'])
 
 
 def test_benchmark_layers_are_the_swapped_slots(benchmark_run):
@@ -173,16 +180,25 @@ def test_benchmark_layers_are_the_swapped_slots(benchmark_run):
     # the paper's per-layer ratio (4 + 2k) / k^2 against a 5x5 DW conv: k=5 in the middle, k=3 in the last stage
     assert layers['blocks.2.1.conv_dw']['mac_ratio'] == pytest.approx(14 / 25)
     assert layers['blocks.4.1.conv_dw']['mac_ratio'] == pytest.approx(10 / 25)
-    assert all(r['batch'] == 2 and r['fused_ms']['n'] == 2 for r in data['layers'])
+    assert all(r['batch'] == 2 and r['fused_ms']['n'] == 2 and r['folded_ms']['n'] == 2 for r in data['layers'])
+    assert all(r['fused_op'] for r in data['layers'])  # the op builds here: the fused form is one op
+    limits, first = data['limits'], layers['blocks.2.1.conv_dw']
+    assert limits['bytes_per_s'] > 1e8 and limits['macs_per_s'] > 1e8
+    # 2 images x (240 x 8 x 8 in + the same out) x 4 bytes at the measured bandwidth
+    assert first['xsep_limit']['memory_ms'] == pytest.approx(1e3 * 2 * 2 * 240 * 64 * 4 / limits['bytes_per_s'])
+    assert first['dw_limit']['arithmetic_ms'] == pytest.approx(1e3 * 2 * 240 * 64 * 25 / limits['macs_per_s'])
 
 
 def test_benchmark_tables_go_into_the_readme_section(benchmark_run):
     data, stdout, folder = benchmark_run
-    assert '| `mobilenetv3_small_xsep_100` | fused |' in stdout and 'Per layer' in stdout
-    readme = folder / 'README.md'
+    assert '| `mobilenetv3_small_xsep_100` | fused |' in stdout and 'Per layer' in stdout and 'of limit' in stdout
+    readme, summary = folder / 'README.md', folder / 'SUMMARY.md'
     readme.write_text('before\n<!-- benchmark-cpu:start -->\nold\n<!-- benchmark-cpu:end -->\nafter\n')
-    run_script('benchmark.py', '--from-json', folder / 'result.json', '--readme', readme, env=dict(os.environ))
+    summary.write_text('<!-- speed-summary:start -->\n<!-- speed-summary:end -->\n')
+    run_script('benchmark.py', '--from-json', folder / 'result.json', '--readme', readme, '--summary', summary,
+               env=dict(os.environ))
     assert readme.read_text() == f'before\n<!-- benchmark-cpu:start -->\n{stdout}<!-- benchmark-cpu:end -->\nafter\n'
+    assert 'in its fastest form' in summary.read_text() and '`mobilenetv3_small_xsep_100`' in summary.read_text()
 
 
 @pytest.mark.parametrize('section', ['benchmark-cpu', 'benchmark-cuda'])

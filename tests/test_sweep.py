@@ -153,10 +153,14 @@ def test_failed_stopped_and_finished_runs_are_reported(finished_sweep, tmp_path,
     assert json.loads((root / stopped / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
 
 
-def test_throughput_of_runs_at_once(script_env):
+def test_throughput_of_runs_at_once(script_env, tmp_path):
+    docs = tmp_path / 'training.md'
+    docs.write_text('before\n<!-- training-throughput:start -->\n<!-- training-throughput:end -->\n')
     result = run_script('sweep.py', '--throughput', '--models', MODEL, '--runs-at-once', '2', '--cores', '2',
-                        '--warmup-steps', '1', '--seconds', '2', '--images', '128', '--', '--batch-size', '32',
-                        '--data-on-device', env=script_env)
+                        '--warmup-steps', '1', '--seconds', '2', '--images', '128', '--readme', docs, '--',
+                        '--batch-size', '32', '--data-on-device', env=script_env)
+    section = f'<!-- training-throughput:start -->\n{result.stdout}<!-- training-throughput:end -->\n'
+    assert docs.read_text() == f'before\n{section}'
     caption, _, header, _, row = result.stdout.strip().splitlines()
     assert 'batch 32' in caption and 'batches drawn on the device' in caption
     assert header.startswith('| model | runs at once | each run on | images/s per run | images/s summed |')
