@@ -3,10 +3,11 @@
     python scripts/compare_runs.py runs/a runs/b runs/c
     python scripts/compare_runs.py runs/probe/* --epochs 1 2 5 --readme docs/training-dynamics.md --section probes
 
-Each column is a run directory of scripts/train.py; its heading names the model and the settings in
-which it differs from the other runs (from each run's config.json), so a table of short trainings
-shows what was tried. Cells are `training loss / test top-1 %` from the run's log.jsonl; a run that
-has not reached an epoch shows a dash.
+Each column is a run directory of scripts/train.py, or a published Hub folder that kept its log; its
+heading names the model and the settings in which it differs from the other runs (from each run's
+config.json, or the folder's xsep_zoo.json), so a table of short trainings shows what was tried.
+Cells are `training loss / test top-1 %` from the log.jsonl; a run that has not reached an epoch
+shows a dash.
 """
 import argparse
 import json
@@ -14,18 +15,25 @@ import sys
 from pathlib import Path
 
 from readme_section import check_section, print_and_write
+from xsep_zoo.hub import RECORD_NAME
+from xsep_zoo.recipe import PAPER_CHOICES
 
 # Settings that say where or how fast a run ran, not what it trained: never a difference worth a column heading.
 NOT_RECIPE = ('data_source', 'eval_batch_size')
+# Settings that runs recorded before they existed trained with: a missing one is not a difference.
+WHEN_MISSING = dict(recipe='paper', **PAPER_CHOICES, data_on_device=False)
 
 
 def read_run(run_dir: Path) -> dict:
     try:
-        config = json.loads((run_dir / 'config.json').read_text())['config']
+        if (run_dir / RECORD_NAME).is_file():  # a Hub folder: its record keeps the run's configuration
+            config = json.loads((run_dir / RECORD_NAME).read_text())['recipe']
+        else:
+            config = json.loads((run_dir / 'config.json').read_text())['config']
         log = [json.loads(line) for line in (run_dir / 'log.jsonl').read_text().splitlines()]
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f'{run_dir}: not a run of scripts/train.py with a log ({type(e).__name__}: {e})')
-    return dict(name=run_dir.name, config=config, log={r['epoch']: r for r in log})
+    return dict(name=run_dir.name, config={**WHEN_MISSING, **config}, log={r['epoch']: r for r in log})
 
 
 def headings(runs: list[dict]) -> list[str]:

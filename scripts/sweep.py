@@ -164,11 +164,12 @@ def plan(models: list, seeds: list, dataset: str, settings: list, extra: list, r
         base = ['--model', model, '--dataset', dataset, '--seed', str(seed)]
         args, config = _resolve(train, [*base, *flags, *extra], f'{model} seed {seed} with {shlex.join(flags + extra)}')
         recipe = config.get('recipe', 'paper')
-        _, default = _resolve(train, [*base, '--recipe', recipe] if 'recipe' in config else base, f'{model}')
+        named = recipe in train.RECIPES  # else the choices show among the changed settings
+        _, default = _resolve(train, [*base, '--recipe', recipe] if named else base, f'{model}')
         changed = [f'{k}={_value(v)}' for k, v in config.items()
                    if k not in NOT_RECIPE and k != 'recipe' and v != default.get(k)]
-        name = '.'.join([model, config['dataset'], ','.join(([recipe] if recipe != 'paper' or not changed else [])
-                                                            + changed), f'seed{seed}'])
+        label = ([recipe] if named and (recipe != 'paper' or not changed) else []) + changed
+        name = '.'.join([model, config['dataset'], ','.join(label), f'seed{seed}'])
         runs.append(Run(name, root / name, [*base, *flags, *extra]))
     names = [r.name for r in runs]
     if len(set(names)) < len(names):

@@ -38,17 +38,15 @@ from xsep_zoo.engine import (
     DeviceBatches, LoaderBatches, describe_machine, evaluate, flush_subnormals, image_loader, mix_seed, warmup_cosine,
 )
 from xsep_zoo.hub import WEIGHTS_NAME, WeightsError, load_weights_file, load_weights_into, save_weights_file
-from xsep_zoo.recipe import HEAD_INITS, init_classifier, param_groups, zero_init_last_bn
+from xsep_zoo.recipe import (
+    HEAD_INITS, PAPER_CHOICES, RECIPES, init_classifier, param_groups, recipe_name, zero_init_last_bn,
+)
 
 PAPER_RECIPE = dict(
     batch_size=128, momentum=0.9, weight_decay=6e-5, warmup_epochs=5, drop_rate=0.2,
     label_smoothing=0.0, ema_decay=0.0, mixed_precision='no', channels_last=True, clip_grad=0.0, seed=0,
-    eval_batch_size=256, head_init='timm', zero_init_last=False, norm_bias_decay=True,
+    eval_batch_size=256, **PAPER_CHOICES,
 )
-# Named recipes: what each changes from the paper's (after the dataset preset, before the flags).
-RECIPES = {
-    'paper': {},
-}
 PRESETS = {
     'cifar10': dict(epochs=400, lr=0.35),
     'cifar100': dict(epochs=400, lr=0.35),
@@ -151,8 +149,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config = dict(model='mobilenetv3_small_xsep_100', dataset=dataset, data_source=None, train_limit=None,
                   test_limit=None, pretrained=False, init_from=None, data_on_device=None, recipe='paper',
                   **PAPER_RECIPE, **PRESETS[dataset])
-    config.update(RECIPES[given.get('recipe', 'paper')])
+    config.update(RECIPES[given.get('recipe', 'paper')])  # after the dataset preset, before the flags
     config.update(given)
+    config['recipe'] = recipe_name(config)  # what the choices are, whichever flags made them
     for key, (allowed, what) in LIMITS.items():
         if not allowed(config[key]):
             sys.exit(f'--{key.replace("_", "-")} {config[key]}: must be {what}')

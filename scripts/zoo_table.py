@@ -17,6 +17,7 @@ from pathlib import Path
 from readme_section import print_and_write
 from xsep_zoo import MODELS
 from xsep_zoo.hub import RECORD_NAME, local_hub_root
+from xsep_zoo.recipe import recipe_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = 'zoo-table'
@@ -26,7 +27,7 @@ def load_results(root: Path) -> list[dict]:
     for record_path in sorted(root.glob(f'*/{RECORD_NAME}')):
         results = json.loads(record_path.read_text())
         rows.append(dict(folder=record_path.parent.name, architecture=results['model'],
-                         seed=results['recipe']['seed'], recipe_name=results['recipe'].get('recipe', 'paper'),
+                         seed=results['recipe']['seed'], recipe_name=recipe_name(results['recipe']),
                          **results))
     return rows
 

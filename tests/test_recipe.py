@@ -67,6 +67,13 @@ def test_train_records_and_applies_the_recipe_choices(tmp_path, script_env, cifa
                '--output-dir', run_dir, env=script_env)
     config = json.loads((run_dir / 'config.json').read_text())['config']
     assert (config['recipe'], config['head_init'], config['zero_init_last'], config['norm_bias_decay']) == \
-        ('paper', 'normal', True, False)
+        ('head_init=normal zero_init_last=True norm_bias_decay=False', 'normal', True, False)
     optimizer = load_weights_only(run_dir / 'checkpoints' / 'epoch-0001' / 'optimizer.bin')
     assert [g['weight_decay'] for g in optimizer['param_groups']] == [config['weight_decay'], 0.0]
+
+
+def test_a_run_is_named_by_its_choices_whichever_flags_made_them():
+    from xsep_zoo.recipe import RECIPES, recipe_name
+    assert recipe_name({}) == 'paper'  # a record from before the choices existed
+    assert recipe_name(dict(zero_init_last=True)) == 'zero-init-last' and 'zero-init-last' in RECIPES
+    assert recipe_name(dict(zero_init_last=True, head_init='normal')) == 'head_init=normal zero_init_last=True'

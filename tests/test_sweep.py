@@ -57,6 +57,10 @@ def test_runs_are_named_by_what_differs_from_the_recipe(sweep, tmp_path):
     plain = sweep.plan([MODEL], [2], 'cifar10', ['channels_last=false'], [], tmp_path)[0]
     assert plain.name == f'{MODEL}.cifar10.channels_last=false.seed2' and '--no-channels-last' in plain.flags
     assert sweep.plan([MODEL], [2], 'cifar10', [], [], tmp_path)[0].name == f'{MODEL}.cifar10.paper.seed2'
+    # a named recipe is named, however its choices were given
+    for flags in (['--recipe', 'zero-init-last'], ['--zero-init-last']):
+        named = sweep.plan([MODEL], [2], 'cifar10', ['epochs=20'], flags, tmp_path)[0]
+        assert named.name == f'{MODEL}.cifar10.zero-init-last,epochs=20.seed2'
 
 
 @pytest.mark.parametrize('settings, extra, message', [

@@ -10,11 +10,30 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 
 from ._checks import check_choice
 
-__all__ = ['HEAD_INITS', 'NORMAL_HEAD_STD', 'init_classifier', 'zero_init_last_bn', 'param_groups']
+__all__ = ['HEAD_INITS', 'NORMAL_HEAD_STD', 'PAPER_CHOICES', 'RECIPES', 'init_classifier', 'param_groups',
+           'recipe_name', 'zero_init_last_bn']
+
+# The paper's values of the choices below: what runs recorded before the choices existed trained with.
+PAPER_CHOICES = dict(head_init='timm', zero_init_last=False, norm_bias_decay=True)
+# Named recipes: what each changes from the paper's (scripts/train.py --recipe; docs/recipes.md says why).
+RECIPES = {
+    'paper': {},
+    'zero-init-last': dict(zero_init_last=True),
+}
 
 # 'timm': timm's uniform +-1/sqrt(fan_out); 'normal': the first author's MobileNetV3 code, N(0, 0.001), zero bias
 HEAD_INITS = ('timm', 'normal')
 NORMAL_HEAD_STD = 0.001
+
+
+def recipe_name(config: dict) -> str:
+    """The named recipe whose choices a run's configuration has (missing ones are the paper's); otherwise its
+    choices that differ from the paper's, as key=value."""
+    values = {k: config.get(k, v) for k, v in PAPER_CHOICES.items()}
+    for name, changes in RECIPES.items():
+        if values == {**PAPER_CHOICES, **changes}:
+            return name
+    return ' '.join(f'{k}={v}' for k, v in values.items() if v != PAPER_CHOICES[k])
 
 
 @torch.no_grad()
