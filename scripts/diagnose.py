@@ -481,7 +481,8 @@ def run(args: argparse.Namespace) -> dict:
     results = dict(
         command=args.command, machine=describe_machine(), estimate_seconds=estimate, costs=costs,
         versions=dict(xsep_zoo=xsep_zoo.__version__, timm=timm.__version__, torch=torch.__version__),
-        config=dict(models=models, seeds=args.seeds, dataset=args.dataset, data_source=args.data_source,
+        config=dict(models=models, seeds=args.seeds, dataset=args.dataset,
+                    data_source='$DATA' if args.data_source else None,
                     train_images=len(train), batch_seed=args.batch_seed,
                     head_inits=args.head_init, hessian_iters=args.hessian_iters, hessian_tol=args.hessian_tol,
                     warmup_models=[m for m in models if m in args.warmup_models], warmup_steps=warmup_steps,
@@ -883,10 +884,21 @@ def render_page(results: dict, page_command: Optional[str] = None) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _data_as_placeholder(argv: Sequence[str]) -> list[str]:
+    """The command line with the local dataset folder shown as $DATA: a page names no folder of one machine."""
+    shown = list(argv)
+    for i, arg in enumerate(shown):
+        if arg == '--data-source' and i + 1 < len(shown):
+            shown[i + 1] = '$DATA'
+        elif arg.startswith('--data-source='):
+            shown[i] = '--data-source=$DATA'
+    return shown
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    args.command = shlex.join(['python', 'scripts/diagnose.py', *argv])
+    args.command = shlex.join(['python', 'scripts/diagnose.py', *_data_as_placeholder(argv)])
     if args.from_json:
         results = json.loads(args.from_json.read_text())
         if args.docs:

@@ -258,3 +258,9 @@ def test_script_writes_json_and_page(tmp_path, cifar10_dir, script_env):
     run_script('diagnose.py', '--from-json', output, '--docs', again, env=env)
     written_by = f', page written by `python scripts/diagnose.py --from-json {output} --docs {again}`'
     assert written_by in again.read_text() and again.read_text().replace(written_by, '') == text
+
+
+def test_the_page_names_no_local_dataset_folder():
+    assert diagnose._data_as_placeholder(['--data-source', '/home/me/cifar10', '--seeds', '0']) == \
+        ['--data-source', '$DATA', '--seeds', '0']
+    assert diagnose._data_as_placeholder(['--data-source=/home/me/cifar10']) == ['--data-source=$DATA']
