@@ -482,7 +482,7 @@ def run(args: argparse.Namespace) -> dict:
         command=args.command, machine=describe_machine(), estimate_seconds=estimate, costs=costs,
         versions=dict(xsep_zoo=xsep_zoo.__version__, timm=timm.__version__, torch=torch.__version__),
         config=dict(models=models, seeds=args.seeds, dataset=args.dataset,
-                    data_source='$DATA' if args.data_source else None,
+                    data_source='/path/to/cifar10' if args.data_source else None,
                     train_images=len(train), batch_seed=args.batch_seed,
                     head_inits=args.head_init, hessian_iters=args.hessian_iters, hessian_tol=args.hessian_tol,
                     warmup_models=[m for m in models if m in args.warmup_models], warmup_steps=warmup_steps,
@@ -885,13 +885,14 @@ def render_page(results: dict, page_command: Optional[str] = None) -> str:
 
 
 def _data_as_placeholder(argv: Sequence[str]) -> list[str]:
-    """The command line with the local dataset folder shown as $DATA: a page names no folder of one machine."""
+    """The command line with the local dataset folder shown as /path/to/cifar10: a page names no folder of one
+    machine."""
     shown = list(argv)
     for i, arg in enumerate(shown):
         if arg == '--data-source' and i + 1 < len(shown):
-            shown[i + 1] = '$DATA'
+            shown[i + 1] = '/path/to/cifar10'
         elif arg.startswith('--data-source='):
-            shown[i] = '--data-source=$DATA'
+            shown[i] = '--data-source=/path/to/cifar10'
     return shown
 
 

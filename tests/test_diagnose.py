@@ -244,7 +244,9 @@ def test_script_writes_json_and_page(tmp_path, cifar10_dir, script_env):
     assert collapse['mobilenetv3_small_dw_050.cifar10']['collapsed'] == 1
 
     text = page.read_text()
-    command = 'python scripts/diagnose.py ' + ' '.join(map(str, args))
+    shown = ['/path/to/cifar10' if i and str(args[i - 1]) == '--data-source' else str(a) for i, a in enumerate(args)]
+    command = 'python scripts/diagnose.py ' + ' '.join(shown)  # the local dataset folder shown as a placeholder
+    assert results['config']['data_source'] == '/path/to/cifar10'
     assert text.startswith('# Training dynamics') and f'Measured with `{command}`' in text.split('##')[0]
     for number in range(1, 5):
         section = text.split(f'**{number}. ')[1].split('\n\n')[1]
@@ -262,5 +264,5 @@ def test_script_writes_json_and_page(tmp_path, cifar10_dir, script_env):
 
 def test_the_page_names_no_local_dataset_folder():
     assert diagnose._data_as_placeholder(['--data-source', '/home/me/cifar10', '--seeds', '0']) == \
-        ['--data-source', '$DATA', '--seeds', '0']
-    assert diagnose._data_as_placeholder(['--data-source=/home/me/cifar10']) == ['--data-source=$DATA']
+        ['--data-source', '/path/to/cifar10', '--seeds', '0']
+    assert diagnose._data_as_placeholder(['--data-source=/home/me/cifar10']) == ['--data-source=/path/to/cifar10']
