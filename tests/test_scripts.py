@@ -227,3 +227,17 @@ def test_compare_runs_names_what_each_run_changed(tmp_path):
         '| 1 | 1.990 / 23.93 | 1.500 / 40.00 |', '| 2 | 1.860 / 34.19 | - |']
     with pytest.raises(SystemExit, match='not a run'):
         compare_runs.read_run(tmp_path)
+
+
+def test_benchmark_says_which_goals_are_met_and_by_how_much_not():
+    benchmark = _load_script('benchmark')
+    limit = dict(memory_ms=1.0, arithmetic_ms=0.5)
+    layer = dict(model='x', precision='fp32', batch=256, folded_ms={}, xsep_limit=limit, dw_limit=limit)
+    result = dict(layers=[dict(layer, layer='a', fused_ms=dict(median=0.9), dw_ms=dict(median=1.0)),
+                          dict(layer, layer='b', fused_ms=dict(median=1.5), dw_ms=dict(median=1.0))],
+                  fastest=[dict(model='x', dw='d', precision='fp32', eval_ratio=0.95, eval_forms=['fused', 'plain'],
+                                latency_ratio=1.2, latency_forms=['compiled', 'compiled'])])
+    lines = benchmark.goal_lines(result, 'fp32')
+    assert '- `x`, its 2 layers at batch 256: not met by 1 of 2: b takes 50% longer (1.5x its limit, DW 1.0x).' in lines
+    assert '- `x` against `d`, eval (fused / plain): met.' in lines
+    assert '- `x` against `d`, latency (compiled / compiled): not met: XSepConv takes 20% longer.' in lines
