@@ -83,6 +83,18 @@ def script_env(tmp_path_factory) -> dict:
     return env
 
 
+def randomize_bn(module, seed: int = 1) -> None:
+    """BatchNorm statistics and affine parameters far from their init, so that folding them is tested."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
+
 def load_script(name: str):
     """A script of scripts/ as a module, to test its functions without a subprocess."""
     spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')

@@ -4,6 +4,7 @@ Every comparison first checks that the op ran (the plain convs were not called),
 The first test builds the op (once per machine: torch's extension cache keeps it). A failed build fails these
 tests; only where there is no C++ compiler at all do they skip.
 """
+import copy
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from timm.layers import BatchNormAct2d
 from xsep_zoo import XSepConv, count_cost, fused
 from xsep_zoo.mobilenetv3_xsep import XSepInvertedResidual
 from xsep_zoo.xsepconv import PADDING_MODES
+
+from conftest import randomize_bn
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 SIZES = [(1, 1), (2, 3), (7, 5), (8, 8)]
@@ -38,16 +41,6 @@ def _op_built(request):
     if shutil.which(os.environ.get('CXX', 'c++')) is None:
         pytest.skip('no C++ compiler: the fused op cannot be built here (the plain convs run instead)')
     pytest.fail('the fused op could not be built (see the warning)')
-
-
-def _randomize_bn(module, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
 
 
 class _PlainConvsCalled(Exception):
@@ -77,8 +70,8 @@ def _layer_and_norm(channels, k, stride, variant, mode, act, seed=0):
     torch.manual_seed(seed)
     layer = XSepConv(channels, k, stride, variant=variant, padding_mode=mode, act_layer=act)
     norm = BatchNormAct2d(channels, act_layer=act)
-    _randomize_bn(layer, seed + 1)
-    _randomize_bn(norm, seed + 2)
+    randomize_bn(layer, seed + 1)
+    randomize_bn(norm, seed + 2)
     return layer.eval(), norm.eval()
 
 
@@ -103,6 +96,19 @@ def test_layer_with_block_norm_matches_plain(variant, stride, mode):
                 out = _fused_out(layer, x)
                 assert out.shape == ref[fmt].shape
                 torch.testing.assert_close(out, ref[fmt], **TOL, msg=lambda m: f'{channels} ch, {fmt} {x.shape}: {m}')
+
+
+@pytest.mark.parametrize('variant, stride', [('standard', 1), ('standard', 2), ('parallel', 1)])
+def test_batch_256_matches_plain(variant, stride):
+    """A large batch splits by image across threads (a small one by channels and rows): both paths are exact."""
+    layer, norm = _layer_and_norm(13, 5, stride, variant, 'symmetric', nn.Hardswish)
+    for xs in (_inputs(13, 256, (7, 6)), _inputs(13, 256, (1, 1))):
+        with torch.no_grad():
+            refs = {fmt: norm(layer(x)) for fmt, x in xs.items()}
+        fused = copy.deepcopy(layer)
+        fused.reparameterize(copy.deepcopy(norm))
+        for fmt, x in xs.items():
+            torch.testing.assert_close(_fused_out(fused, x), refs[fmt], **TOL, msg=lambda m: f'{fmt}: {m}')
 
 
 @pytest.mark.parametrize('k', [3, 5, 7, 9])
@@ -208,7 +214,7 @@ def test_load_state_dict_lays_out_the_new_weights():
     def fused_model(seed):
         torch.manual_seed(seed)
         model = timm.create_model('mobilenetv3_small_xsep_050')
-        _randomize_bn(model, seed)
+        randomize_bn(model, seed)
         return timm.utils.reparameterize_model(model.eval())
     a, b = fused_model(0), fused_model(1)
     x = torch.randn(2, 3, 32, 32)
@@ -257,7 +263,7 @@ def test_torch_compile_runs_the_op():
     torch.manual_seed(0)
     block = timm.create_model('mobilenetv3_small_xsep_050').blocks[2][1]
     assert isinstance(block, XSepInvertedResidual)
-    _randomize_bn(block)
+    randomize_bn(block)
     block.eval()
     x = torch.randn(2, block.conv_pw.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():

@@ -6,6 +6,8 @@ import torch.nn as nn
 from xsep_zoo import PaddedConv2x2, XSepConv, count_cost, improved_padding_plan, padding_plan, symmetric_pad_groups
 from xsep_zoo.xsepconv import PAD_DIRECTIONS, PADDING_MODES
 
+from conftest import randomize_bn
+
 
 def _dw(channels, k, stride=1):
     return nn.Conv2d(channels, channels, k, stride=stride, padding=k // 2, groups=channels, bias=False)
@@ -176,20 +178,10 @@ def test_padded_conv_traces_under_fx(mode):
 
 # --- inference form ---------------------------------------------------------------------------
 
-def _randomize_bn(module):
-    g = torch.Generator().manual_seed(1)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
-
-
 @torch.no_grad()
 def _before_and_after_reparameterize(m, x):
     """Outputs of `m` (its BNs randomized, eval mode) on `x` as built and after reparameterize()."""
-    _randomize_bn(m)
+    randomize_bn(m)
     m.eval()
     ref = m(x)
     m.reparameterize()
