@@ -16,7 +16,7 @@ from pathlib import Path
 
 from readme_section import check_section, print_and_write
 from xsep_zoo.hub import RECORD_NAME
-from xsep_zoo.recipe import PAPER_CHOICES
+from xsep_zoo.recipe import PAPER_CHOICES, recipe_name
 
 # Settings that say where or how fast a run ran, not what it trained: never a difference worth a column heading.
 NOT_RECIPE = ('data_source', 'eval_batch_size')
@@ -33,7 +33,9 @@ def read_run(run_dir: Path) -> dict:
         log = [json.loads(line) for line in (run_dir / 'log.jsonl').read_text().splitlines()]
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f'{run_dir}: not a run of scripts/train.py with a log ({type(e).__name__}: {e})')
-    return dict(name=run_dir.name, config={**WHEN_MISSING, **config}, log={r['epoch']: r for r in log})
+    config = {**WHEN_MISSING, **config}
+    config['recipe'] = recipe_name(config)  # named by its choices, as the zoo table names it
+    return dict(name=run_dir.name, config=config, log={r['epoch']: r for r in log})
 
 
 def headings(runs: list[dict]) -> list[str]:
