@@ -21,7 +21,7 @@ from xsep_zoo.recipe import PAPER_CHOICES, recipe_name
 # Settings that say where or how fast a run ran, not what it trained: never a difference worth a column heading.
 NOT_RECIPE = ('data_source', 'eval_batch_size')
 # Settings that runs recorded before they existed trained with: a missing one is not a difference.
-WHEN_MISSING = dict(recipe='paper', **PAPER_CHOICES, data_on_device=False)
+WHEN_MISSING = dict(**PAPER_CHOICES, data_on_device=False)
 
 
 def read_run(run_dir: Path) -> dict:

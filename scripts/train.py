@@ -138,7 +138,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config_path = args.output_dir / 'config.json'
     if args.resume:
         saved = _saved_run(args.output_dir)
-        saved.setdefault('data_on_device', False)  # a run from before the choice existed: batches from a loader
+        # a run from before these choices existed trained with the paper's and with batches from a loader
+        for key, value in {**PAPER_CHOICES, 'data_on_device': False}.items():
+            saved.setdefault(key, value)
         changed = {k: (saved.get(k), v) for k, v in given.items() if saved.get(k) != v}
         if changed:
             sys.exit(f'--resume continues the saved run; these flags differ from it (saved, given): {changed}')
@@ -335,8 +337,8 @@ def create_model(config: dict, spec, accelerator: Accelerator) -> torch.nn.Modul
             weights, skipped = load_weights_into(model, config['init_from'], new_head_ok=True)
             accelerator.print(f'initialized from {weights}' + (f' (new head: {", ".join(skipped)})' if skipped else ''))
         elif not config['pretrained']:
-            init_classifier(model, config.get('head_init', 'timm'), config['seed'])
-            if config.get('zero_init_last'):
+            init_classifier(model, config['head_init'], config['seed'])
+            if config['zero_init_last']:
                 zero_init_last_bn(model)
     except WeightsError as e:
         sys.exit(str(e))
@@ -344,7 +346,7 @@ def create_model(config: dict, spec, accelerator: Accelerator) -> torch.nn.Modul
 
 
 def create_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
-    groups = param_groups(model, config['weight_decay'], config.get('norm_bias_decay', True))
+    groups = param_groups(model, config['weight_decay'], config['norm_bias_decay'])
     return torch.optim.SGD(groups, lr=config['lr'], momentum=config['momentum'])
 
 
