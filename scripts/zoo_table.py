@@ -99,6 +99,29 @@ def comparison_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def recipe_lines(rows: list[dict]) -> list[str]:
+    """Recipes ranked, for each XSepConv model and its DW partner trained at one length under two or more recipes
+    with two or more seeds of each: by the mean of the two architectures' seed means. The better recipe is the
+    one the zoo trains the pair's other widths with."""
+    top1 = defaultdict(list)  # (architecture, epochs, recipe) -> seeds' top-1
+    for r in rows:
+        top1[r['architecture'], r['epochs'], r['recipe_name']].append(r['top1'])
+    lines = []
+    for architecture, epochs in sorted({(a, e) for a, e, _ in top1}):
+        partner = MODELS[architecture].dw_partner
+        means = {recipe: (statistics.mean(top1[a, e, recipe]) + statistics.mean(top1[partner, e, recipe])) / 2
+                 for a, e, recipe in top1
+                 if (a, e) == (architecture, epochs) and partner is not None
+                 and len(top1[a, e, recipe]) >= 2 and len(top1.get((partner, e, recipe), [])) >= 2}
+        if len(means) < 2:
+            continue
+        ranked = sorted(means, key=means.get, reverse=True)
+        lines.append(f'- {epochs} epochs, `{architecture}` and `{partner}`, mean of the two architectures\' seed '
+                     'means: ' + ', '.join(f'{recipe} recipe {means[recipe]:.2f}' for recipe in ranked)
+                     + f'; the better is {ranked[0]}')
+    return lines
+
+
 def zoo_table(rows: list[dict], plot_link: str) -> str:
     lines = [
         'Top-1 on the whole test split, measured by `scripts/export.py` on the exported weights; MACs and params '
@@ -121,6 +144,10 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
     comparison = comparison_lines(rows)
     if comparison:
         lines += ['', 'XSepConv against its DW partner, top-1 mean over seeds (sd) and the difference:', '', *comparison]
+    ranking = recipe_lines(rows)
+    if ranking:
+        lines += ['', 'Recipes compared on the same pair (the better one trains the pair at its other widths):', '',
+                  *ranking]
     lines += ['', f'![top-1 against MACs, DW vs XSepConv]({plot_link})']
     return '\n'.join(lines) + '\n'
 

@@ -73,6 +73,22 @@ def test_zoo_table_averages_seeds_of_one_recipe_only():
                      '| | | | |']
 
 
+def test_recipes_are_ranked_on_pairs_with_two_seeds_of_each():
+    zoo_table = _load_script('zoo_table')
+    row = dict(top5=99.0, macs=17e6, params=1.5e6, epochs=20)
+    dw, xsep = 'mobilenetv3_small_dw_100', 'mobilenetv3_small_xsep_100'
+    rows = [dict(row, architecture=arch, folder=f'{arch}.{recipe}{seed}', seed=seed, recipe_name=recipe, top1=top1)
+            for arch, recipe, seed, top1 in [
+                (dw, 'paper', 0, 85.0), (dw, 'paper', 1, 85.4), (xsep, 'paper', 0, 80.0), (xsep, 'paper', 1, 81.0),
+                (dw, 'other', 0, 86.0), (dw, 'other', 1, 86.2), (xsep, 'other', 0, 82.0), (xsep, 'other', 1, 82.4),
+                (dw, 'third', 0, 90.0), (xsep, 'third', 0, 90.0), (xsep, 'third', 1, 90.0)]]
+    # means: paper (80.5 + 85.2) / 2 = 82.85, other (82.2 + 86.1) / 2 = 84.15; 'third' has one DW seed only
+    assert zoo_table.recipe_lines(rows) == [
+        f"- 20 epochs, `{xsep}` and `{dw}`, mean of the two architectures' seed means: other recipe 84.15, "
+        'paper recipe 82.85; the better is other']
+    assert zoo_table.recipe_lines([r for r in rows if r['recipe_name'] != 'other']) == []
+
+
 def test_zoo_plot_labels_of_close_variants_do_not_overlap():
     import matplotlib
     matplotlib.use('Agg')
