@@ -11,8 +11,9 @@ INSTALLED := $(VENV)/.installed
 run: $(INSTALLED)
 	$(VENV)/bin/python scripts/reproduce.py $(if $(DATA),--data-source $(DATA))
 
+# one test process per core (pytest-xdist)
 test: $(INSTALLED)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto
 
 # rewrite every card (its comparison with the zoo), the README's zoo table and plot, and the family table
 zoo-table: $(INSTALLED)

@@ -53,6 +53,15 @@ def write_small_cifar10(folder: Path, sizes=SMALL_CIFAR10_SIZES, seed: int = 0) 
     return folder
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each test process computes with its share of the cores, not all of them."""
+    workers = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if workers:
+        import torch
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // int(workers)))
+
+
 @pytest.fixture(scope='session')
 def cifar10_dir(tmp_path_factory) -> Path:
     """The small CIFAR-10 the pipeline tests train and evaluate on."""

@@ -4,6 +4,7 @@ Every comparison first checks that the op ran (the plain convs were not called),
 The first test builds the op (once per machine: torch's extension cache keeps it). A failed build fails these
 tests; only where there is no C++ compiler at all do they skip.
 """
+import contextlib
 import copy
 import os
 import shutil
@@ -26,6 +27,17 @@ from conftest import randomize_bn
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 SIZES = [(1, 1), (2, 3), (7, 5), (8, 8)]
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run with `n` intra-op threads, whatever the test process was given (one per core under pytest-xdist)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _without_op(test):
@@ -108,7 +120,8 @@ def test_batch_256_matches_plain(variant, stride):
         fused = copy.deepcopy(layer)
         fused.reparameterize(copy.deepcopy(norm))
         for fmt, x in xs.items():
-            torch.testing.assert_close(_fused_out(fused, x), refs[fmt], **TOL, msg=lambda m: f'{fmt}: {m}')
+            with _threads(2):
+                torch.testing.assert_close(_fused_out(fused, x), refs[fmt], **TOL, msg=lambda m: f'{fmt}: {m}')
 
 
 @pytest.mark.parametrize('k', [3, 5, 7, 9])
@@ -134,9 +147,7 @@ def test_kernel_sizes_activations_and_layer_level(k, act, with_norm):
 @pytest.mark.parametrize('variant, stride', [('standard', 2), ('behind', 1), ('parallel', 1), ('no2x2', 2)])
 def test_threads_split_small_batches_into_channel_groups_and_row_bands(variant, stride):
     """With several threads, batch 1 is split by groups of 16 channels, then by bands of rows (with their halos)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with _threads(3):
         for channels, size in ((13, (11, 9)), (100, (9, 10)), (40, (2, 17))):
             layer, norm = _layer_and_norm(channels, 5, stride, variant, 'right_top', nn.ReLU)
             xs = _inputs(channels, 1, size)
@@ -145,8 +156,6 @@ def test_threads_split_small_batches_into_channel_groups_and_row_bands(variant, 
             layer.reparameterize(norm)
             for fmt, x in xs.items():
                 torch.testing.assert_close(_fused_out(layer, x), refs[fmt], **TOL)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_output_keeps_the_memory_format_and_odd_strides_work():

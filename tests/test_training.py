@@ -329,7 +329,7 @@ def test_two_processes_shard_the_data_and_count_the_test_set_exactly(tmp_path, s
     run_dir = tmp_path / 'ddp'
     args = [*TRAIN_ARGS, '--epochs', '1', '--test-limit', '250', '--data-source', cifar10_dir, '--output-dir', run_dir]
     env = dict(script_env, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1')
-    result = subprocess.run([str(Path(sys.executable).with_name('torchrun')), '--nproc_per_node', '2',
+    result = subprocess.run([str(Path(sys.executable).with_name('torchrun')), '--standalone', '--nproc_per_node', '2',
                              str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -444,7 +444,7 @@ def test_two_processes_take_their_own_parts_of_the_device_drawn_order(tmp_path, 
     args = [*TRAIN_ARGS, '--epochs', '1', '--test-limit', '250', '--data-on-device', '--data-source', cifar10_dir,
             '--output-dir', run_dir]
     env = dict(script_env, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1')
-    result = subprocess.run([str(Path(sys.executable).with_name('torchrun')), '--nproc_per_node', '2',
+    result = subprocess.run([str(Path(sys.executable).with_name('torchrun')), '--standalone', '--nproc_per_node', '2',
                              str(ROOT / 'scripts' / 'train.py'), *map(str, args)], env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]
