@@ -79,15 +79,20 @@ def welch_t_test(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return t, df, _betainc(df / 2, 0.5, df / (df + t * t))
 
 
-def comparison_lines(rows: list[dict]) -> list[str]:
-    """Each XSepConv model against its DW partner, per recipe length with two or more seeds of each."""
+def _pairs_with_seeds(rows: list[dict]):
+    """(XSepConv model, its DW partner, their runs) for each length and recipe with two or more seeds of each."""
     groups = _seeds_of_one_recipe(rows)
-    lines = []
     for (architecture, recipe), runs in groups.items():
         partner = MODELS[architecture].dw_partner
         dw = groups.get((partner, recipe), [])
-        if partner is None or len(runs) < 2 or len(dw) < 2:
-            continue
+        if partner is not None and len(runs) >= 2 and len(dw) >= 2:
+            yield architecture, partner, recipe, runs, dw
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """Each XSepConv model against its DW partner, per recipe length with two or more seeds of each."""
+    lines = []
+    for architecture, partner, recipe, runs, dw in _pairs_with_seeds(rows):
         x, y = [r['top1'] for r in runs], [r['top1'] for r in dw]
         t, df, p = welch_t_test(x, y)
         lines.append(
@@ -103,21 +108,17 @@ def recipe_lines(rows: list[dict]) -> list[str]:
     """Recipes ranked, for each XSepConv model and its DW partner trained at one length under two or more recipes
     with two or more seeds of each: by the mean of the two architectures' seed means. The better recipe is the
     one the zoo trains the pair's other widths with."""
-    top1 = defaultdict(list)  # (architecture, epochs, recipe) -> seeds' top-1
-    for r in rows:
-        top1[r['architecture'], r['epochs'], r['recipe_name']].append(r['top1'])
+    means = defaultdict(dict)  # (architecture, partner, epochs) -> recipe name -> mean of the two seed means
+    for architecture, partner, _, runs, dw in _pairs_with_seeds(rows):
+        means[architecture, partner, runs[0]['epochs']][runs[0]['recipe_name']] = \
+            (statistics.mean(r['top1'] for r in runs) + statistics.mean(r['top1'] for r in dw)) / 2
     lines = []
-    for architecture, epochs in sorted({(a, e) for a, e, _ in top1}):
-        partner = MODELS[architecture].dw_partner
-        means = {recipe: (statistics.mean(top1[a, e, recipe]) + statistics.mean(top1[partner, e, recipe])) / 2
-                 for a, e, recipe in top1
-                 if (a, e) == (architecture, epochs) and partner is not None
-                 and len(top1[a, e, recipe]) >= 2 and len(top1.get((partner, e, recipe), [])) >= 2}
-        if len(means) < 2:
+    for (architecture, partner, epochs), by_recipe in means.items():
+        if len(by_recipe) < 2:
             continue
-        ranked = sorted(means, key=means.get, reverse=True)
+        ranked = sorted(by_recipe, key=by_recipe.get, reverse=True)
         lines.append(f'- {epochs} epochs, `{architecture}` and `{partner}`, mean of the two architectures\' seed '
-                     'means: ' + ', '.join(f'{recipe} recipe {means[recipe]:.2f}' for recipe in ranked)
+                     'means: ' + ', '.join(f'{recipe} recipe {by_recipe[recipe]:.2f}' for recipe in ranked)
                      + f'; the better is {ranked[0]}')
     return lines
 
