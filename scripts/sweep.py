@@ -74,8 +74,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list]:
                    help='CPU cores to split among the runs at once (default: all this process may use, %(default)s)')
     p.add_argument('--root', type=Path, help='folder of the run directories (needed unless --throughput)')
     p.add_argument('--time-limit', type=float, metavar='MINUTES',
-                   help='start no run after this many minutes, and stop running ones checkpointed by then (each '
-                        'started run trains at least one epoch); the same command continues')
+                   help='stop running runs checkpointed by this many minutes, and start no run after it or after '
+                        'a run has stopped for it (each started run trains at least one epoch); the same command '
+                        'continues')
     t = p.add_argument_group('--throughput')
     t.add_argument('--throughput', action='store_true', help='measure training images/s instead of training')
     t.add_argument('--readme', type=Path, help='also write the throughput table into this markdown file ...')
@@ -252,13 +253,22 @@ class Launched:
             os.replace(self.pending, self.log)
             self.pending = None
 
+    def stopped_early(self) -> bool:
+        """Ended cleanly without final weights: stopped by --time-limit or --stop-after, checkpointed."""
+        return self.process.returncode == 0 and not (self.run.dir / 'model.safetensors').is_file()
+
+    def stopped_for_time_limit(self) -> bool:
+        """Stopped because its next epoch would overrun the limit, as train.py's last line says."""
+        self.settle_log()
+        return self.stopped_early() and _last_line(self.pending or self.log).startswith('--time-limit')
+
     def status(self) -> tuple[bool, str]:
         """(failed, a line saying how the run ended) once its process has ended."""
         self.settle_log()
         code, log = self.process.returncode, self.pending or self.log
         if code == 0 and (self.run.dir / 'model.safetensors').is_file():
             return False, 'finished'
-        if code == 0:
+        if self.stopped_early():
             done, total = _epochs(self.run.dir)
             return False, f'stopped at epoch {done} of {total}, checkpointed (the same command continues it)'
         how = f'killed by {signal.Signals(-code).name}' if code < 0 else f'exit code {code}'
@@ -271,6 +281,7 @@ def sweep(runs: list, runs_at_once: int, time_limit=None, cores=None, echo=print
     threads = max(1, cores // runs_at_once)
     deadline = time.monotonic() + time_limit * 60 if time_limit else None
     waiting, running, ended = list(runs), [], {}
+    limit_reached = False  # a run stopped because its next epoch would not fit: a new one would not fit either
     while waiting or running:
         while waiting and len(running) < runs_at_once:
             run = waiting.pop(0)
@@ -278,7 +289,7 @@ def sweep(runs: list, runs_at_once: int, time_limit=None, cores=None, echo=print
                 ended[run.name] = (False, 'finished (before this sweep)')
                 continue
             left = None if deadline is None else (deadline - time.monotonic()) / 60
-            if left is not None and left <= 0:
+            if limit_reached or (left is not None and left <= 0):
                 ended[run.name] = (False, f'not started: --time-limit {time_limit:g} min reached')
                 continue
             running.append(Launched(run, threads, left))
@@ -290,6 +301,7 @@ def sweep(runs: list, runs_at_once: int, time_limit=None, cores=None, echo=print
             if launched.process.poll() is not None:
                 running.remove(launched)
                 ended[launched.run.name] = launched.status()
+                limit_reached |= launched.stopped_for_time_limit()
                 echo(f'ended {launched.run.name}: {ended[launched.run.name][1]}')
     return [(run, *ended[run.name]) for run in runs]
 

@@ -157,6 +157,32 @@ def test_failed_stopped_and_finished_runs_are_reported(finished_sweep, tmp_path,
     assert json.loads((root / stopped / 'checkpoints' / 'latest.json').read_text())['epochs_done'] == 1
 
 
+FAKE_TRAIN = """
+import json, pathlib, sys
+run_dir = pathlib.Path(sys.argv[sys.argv.index('--output-dir') + 1])
+run_dir.mkdir()
+(run_dir / 'config.json').write_text(json.dumps({'config': {'epochs': 2}}))
+print(sys.argv[sys.argv.index('--say') + 1])
+"""
+
+
+@pytest.mark.parametrize('last_line, started', [
+    ('--time-limit 60 min: epoch 2 would not end in time; stopped after epoch 1, checkpointed', 1),
+    ('--stop-after 1: stopped after epoch 1 of 2, checkpointed: continue with --resume', 3),
+])
+def test_no_run_starts_after_one_stopped_for_the_time_limit(last_line, started, sweep, tmp_path, monkeypatch):
+    """Minutes may be left, but fewer than the epoch that stopped run could not fit: a new run would overrun."""
+    script = tmp_path / 'train.py'
+    script.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(sweep, 'TRAIN_SCRIPT', script)
+    runs = [sweep.Run(f'm.seed{seed}', tmp_path / f'm.seed{seed}', ['--say', last_line]) for seed in range(3)]
+    outcome = sweep.sweep(runs, runs_at_once=1, time_limit=60, cores=1, echo=lambda line: None)
+    statuses = [status for _, failed, status in outcome if not failed]
+    assert statuses[:started] == ['stopped at epoch 0 of 2, checkpointed (the same command continues it)'] * started
+    assert statuses[started:] == ['not started: --time-limit 60 min reached'] * (3 - started)
+    assert [run.dir.is_dir() for run in runs] == [True] * started + [False] * (3 - started)
+
+
 def test_throughput_of_runs_at_once(script_env, tmp_path):
     docs = tmp_path / 'training.md'
     docs.write_text('before\n<!-- training-throughput:start -->\n<!-- training-throughput:end -->\n')
