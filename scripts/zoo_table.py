@@ -153,16 +153,28 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _annotate_without_overlap(ax, points: list[tuple[float, float, str]]) -> None:
-    """Label each point beside it, moving a label to the first free spot when another is in the way.
+MARKER_RADIUS_PT = 3  # half the side of a plotted marker (markersize 6, and scatter's default s=36 pt²), in points
 
-    Variants often share MACs and land within a tenth of a point of each other; labels at one fixed
-    offset then print over one another.
+
+def marker_box(ax, x: float, y: float):
+    """The display-space box a marker at data point (x, y) covers."""
+    from matplotlib.transforms import Bbox
+    cx, cy = ax.transData.transform((x, y))
+    r = MARKER_RADIUS_PT * ax.figure.dpi / 72
+    return Bbox.from_extents(cx - r, cy - r, cx + r, cy + r)
+
+
+def _annotate_without_overlap(ax, points: list[tuple[float, float, str]], markers=()) -> None:
+    """Label each point beside it, moving a label to the first free spot when another label or a marker
+    (`markers`: data points of the other plotted markers) is in the way.
+
+    Variants often share MACs and land within a tenth of a point of each other, and of the width
+    curves' points: a label at one fixed offset then prints over another, or names the wrong marker.
     """
     renderer = ax.figure.canvas.get_renderer()
     right = [(4, 3 + 10 * k) for k in (0, -1, 1, -2, 2, -3, 3)]
     candidates = right + [(-4, y) for _, y in right]  # left of the point only when the right side is full
-    placed = []
+    placed = [marker_box(ax, x, y) for x, y in markers]
     for macs, top1, label in sorted(points, key=lambda p: (-p[1], p[0])):
         text = ax.annotate(label, (macs, top1), xytext=candidates[0], textcoords='offset points', fontsize=7,
                            va='center')
@@ -195,6 +207,7 @@ def plot(rows: list[dict], path: Path) -> None:
     # Width curves, one per kind and recipe: (kind, epochs, recipe name) -> MACs -> top-1 of each seed
     series = defaultdict(lambda: defaultdict(list))
     labelled = []  # (MACs, top-1, label) of the hollow markers
+    markers = []  # (MACs, top-1) of every marker, which no label may cover
     for r in rows:
         model = MODELS[r['architecture']]
         v = model.arch
@@ -205,6 +218,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',
                    edgecolors='tab:orange' if kind == 'XSepConv' else 'tab:blue')
         labelled.append((r['macs'] / 1e6, r['top1'], v if r['epochs'] == shortest else f'{v} ({r["epochs"]} epochs)'))
+        markers.append((r['macs'] / 1e6, r['top1']))
     for (kind, epochs, name), by_macs in sorted(series.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
         color, marker = ('tab:orange', 's') if kind == 'XSepConv' else ('tab:blue', 'o')
         longer = epochs != shortest  # its own dashed curve with star markers
@@ -212,7 +226,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.plot(macs, [statistics.mean(by_macs[m]) for m in macs], color=color, marker='*' if longer else marker,
                 markersize=10 if longer else 6, linestyle='--' if longer else '-' if name == 'paper' else ':',
                 label=curve_label(kind, recipe_label(epochs, name), by_macs))
+        markers += [(m, statistics.mean(by_macs[m])) for m in macs]
         seeds = [(m, top1) for m in macs if len(by_macs[m]) > 1 for top1 in by_macs[m]]
+        markers += seeds
         if seeds:
             ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.5)
     ax.set_xlabel('MACs (M), 32x32 input')
@@ -222,7 +238,7 @@ def plot(rows: list[dict], path: Path) -> None:
     if series:  # below the axes: inside, it hid the lowest seed
         ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
-    _annotate_without_overlap(ax, labelled)  # after the layout: it measures the labels where they will print
+    _annotate_without_overlap(ax, labelled, markers)  # after the layout: it measures the labels where they will print
     fig.savefig(path, bbox_inches='tight', metadata={'Software': None})
     plt.close(fig)
 

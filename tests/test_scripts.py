@@ -89,7 +89,7 @@ def test_recipes_are_ranked_on_pairs_with_two_seeds_of_each():
     assert zoo_table.recipe_lines([r for r in rows if r['recipe_name'] != 'other']) == []
 
 
-def test_zoo_plot_labels_of_close_variants_do_not_overlap():
+def test_zoo_plot_labels_of_close_variants_do_not_overlap_each_other_or_markers():
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -100,12 +100,16 @@ def test_zoo_plot_labels_of_close_variants_do_not_overlap():
     ax.set_ylim(79, 86)
     points = [(16.71, 85.24, 'xsep_asympad'), (17.58, 85.17, 'xsep_ds7'), (17.65, 85.17, 'dw_ds7'),
               (16.44, 84.84, 'xsep_no2x2'), (16.71, 84.51, 'xsep_sympad'), (17.17, 84.47, 'xsep_k7')]
-    zoo_table._annotate_without_overlap(ax, points)
+    curve = [(16.71, 85.45), (17.51, 85.30)]  # width-curve points just above a variant: its label would name them
+    markers = [(x, y) for x, y, _ in points] + curve
+    zoo_table._annotate_without_overlap(ax, points, markers)
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
+    marker_boxes = [zoo_table.marker_box(ax, x, y) for x, y in markers]
     plt.close(fig)
     assert sorted(t.get_text() for t in ax.texts if t.get_text()) == sorted(label for *_, label in points)
     assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not [(box, marker) for box in boxes for marker in marker_boxes if box.overlaps(marker)]
 
 
 def test_export_shows_paths_from_the_repository_root():
