@@ -289,8 +289,11 @@ def sweep(runs: list, runs_at_once: int, time_limit=None, cores=None, echo=print
                 ended[run.name] = (False, 'finished (before this sweep)')
                 continue
             left = None if deadline is None else (deadline - time.monotonic()) / 60
-            if limit_reached or (left is not None and left <= 0):
+            if left is not None and left <= 0:
                 ended[run.name] = (False, f'not started: --time-limit {time_limit:g} min reached')
+                continue
+            if limit_reached:
+                ended[run.name] = (False, f'not started: a run stopped for --time-limit {time_limit:g} min')
                 continue
             running.append(Launched(run, threads, left))
             resumed = ', resumed' if running[-1].resumed else ''

@@ -171,7 +171,7 @@ print(sys.argv[sys.argv.index('--say') + 1])
     ('--stop-after 1: stopped after epoch 1 of 2, checkpointed: continue with --resume', 3),
 ])
 def test_no_run_starts_after_one_stopped_for_the_time_limit(last_line, started, sweep, tmp_path, monkeypatch):
-    """Minutes may be left, but fewer than the epoch that stopped run could not fit: a new run would overrun."""
+    """Minutes may be left, but fewer than the epoch the stopped run could not fit: a new run would overrun them."""
     script = tmp_path / 'train.py'
     script.write_text(FAKE_TRAIN)
     monkeypatch.setattr(sweep, 'TRAIN_SCRIPT', script)
@@ -179,7 +179,7 @@ def test_no_run_starts_after_one_stopped_for_the_time_limit(last_line, started, 
     outcome = sweep.sweep(runs, runs_at_once=1, time_limit=60, cores=1, echo=lambda line: None)
     statuses = [status for _, failed, status in outcome if not failed]
     assert statuses[:started] == ['stopped at epoch 0 of 2, checkpointed (the same command continues it)'] * started
-    assert statuses[started:] == ['not started: --time-limit 60 min reached'] * (3 - started)
+    assert statuses[started:] == ['not started: a run stopped for --time-limit 60 min'] * (3 - started)
     assert [run.dir.is_dir() for run in runs] == [True] * started + [False] * (3 - started)
 
 
