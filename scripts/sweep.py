@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from xsep_zoo.engine import available_cores
 
 from compare_runs import NOT_RECIPE  # settings that say where or how fast a run ran: not in its name
 from readme_section import check_section, print_and_write
@@ -104,10 +105,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list]:
         if flag.startswith('--') and key in OWNED:
             p.error(f'{flag} after --: the sweep sets it; use {OWNED[key]}')
     return args, extra
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
 def _train_module():

@@ -58,8 +58,8 @@ def pytest_configure(config):
     workers = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
     if workers:
         import torch
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // int(workers)))
+        from xsep_zoo.engine import available_cores
+        torch.set_num_threads(max(1, available_cores() // int(workers)))
 
 
 @pytest.fixture(scope='session')

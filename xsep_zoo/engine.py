@@ -10,6 +10,7 @@ or makes the host wait. Either way a resumed run sees exactly the batches and cr
 uninterrupted one would.
 """
 import math
+import os
 import platform
 from pathlib import Path
 from typing import Optional
@@ -224,6 +225,12 @@ def describe_machine(num_processes: int = 1) -> str:
     else:
         device = f'{cpu_model()}, {_count(torch.get_num_threads(), "thread")} x {_count(num_processes, "process")}'
     return f'{device}, torch {torch.__version__}'
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), which can be fewer than
+    the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
 def _count(n: int, noun: str) -> str:
