@@ -2,6 +2,7 @@
 
     python scripts/export.py runs/x --tag cifar10 --data-source /path/to/cifar10
     python scripts/export.py --refresh hub_cards/*/      # rewrite cards and configs from their records
+    python scripts/export.py --refresh hub_cards/*/ --data-source /path/to/cifar10   # and measure them again
 
 Writes what timm's push_to_hf_hub publishes (model.safetensors: the run's final weights, the EMA ones
 when EMA was on; timm's config.json; the model card README.md) and the zoo's own files beside them:
@@ -9,7 +10,10 @@ xsep_zoo.json (sha256 of the weights, the architecture they were exported for, t
 the recipe and command), log.jsonl (the run's per-epoch log) and curves.png. The accuracy is measured
 here, on the exported weights, over the whole test split; params and MACs come from the counter. An
 existing folder is replaced only with --overwrite. --refresh re-renders existing folders from their
-records, keeping their weights and figures, so every card shows the zoo as it is now.
+records, keeping their weights and figures, so every card shows the zoo as it is now; with
+--data-source it first evaluates each folder again on the test data its card names, and rewrites the
+folder only when the measurement equals its card, image by image where the record has per-image ranks.
+The record's per-image ranks (test_ranks) let anyone check any part of the test set against the card.
 """
 import argparse
 import json
@@ -28,8 +32,8 @@ from xsep_zoo import MODELS, count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, WeightsError, load_weights_into, local_hub_root,
-                          read_record, verified_weights, write_hub_folder)
+from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, RANKS_KEY, WEIGHTS_NAME, WeightsError, load_weights_into,
+                          local_hub_root, ranks_text, read_record, verified_weights, write_hub_folder)
 from xsep_zoo.model_card import CardFacts, ComparisonRow, render_model_card
 from xsep_zoo.pretrained import DATASET_CFGS, record_published
 from zoo_table import comparison_lines, load_results  # a sibling script: the zoo table's statistics
@@ -45,12 +49,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='rewrite these published folders (card, config, curves) from their records instead')
     p.add_argument('--tag', help='pretrained tag (default: the dataset name, e.g. cifar10)')
     p.add_argument('--hub-root', type=Path, help='where Hub folders go (default: the repository\'s hub_cards/)')
-    p.add_argument('--data-source', help='local dataset folder to evaluate on (default: the one the run used)')
+    p.add_argument('--data-source', help='local dataset folder to evaluate on (default: the one the run used; '
+                   'with --refresh: measure each folder again on it)')
     p.add_argument('--test-limit', type=int, help='evaluate a subset only (tests; a card should use the full split)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing Hub folder')
     args = p.parse_args(argv)
     if (args.run_dir is None) == (args.refresh is None):
         p.error('give a run folder to export, or --refresh with published Hub folders')
+    if args.refresh and (args.test_limit or args.tag or args.overwrite):
+        p.error('--refresh keeps each folder\'s tag and measures the whole test split; '
+                '--tag, --test-limit and --overwrite are for exporting a run')
     return args
 
 
@@ -175,7 +183,7 @@ def render_card(record: dict, hub_root: Path, has_log: bool) -> str:
         train_command=record['train_command'], epochs=record['epochs'], train_hours=record['train_seconds'] / 3600,
         hardware=_hardware(record['trained_on']), curves=CURVES_NAME if has_log else None, log_note=log_note,
         comparison=_comparison(record, zoo), seed_statistics=_seed_statistics(record, zoo),
-        base_model=record.get('base_model'),
+        base_model=record.get('base_model'), per_image_ranks=RANKS_KEY in record,
     ))
 
 
@@ -237,7 +245,7 @@ def export_run(args: argparse.Namespace) -> Path:
     except DataError as e:
         sys.exit(str(e))
     _publish_cfg(model, name, tag, dataset, test.classes)
-    metrics = evaluate_model(model, test, spec)
+    metrics = evaluate_model(model, test, spec, per_image=True)
     if not math.isfinite(metrics['loss']):
         sys.exit(f'{weights}: the test loss is {metrics["loss"]:g}: the weights do not compute finite outputs; '
                  'nothing was exported')
@@ -251,6 +259,7 @@ def export_run(args: argparse.Namespace) -> Path:
         train_seconds=sum(entry['seconds'] for entry in log), trained_on=_stretches(record, log), recipe=recipe,
         train_command=_portable_command(record['command']),
         base_model=portable(config.get('init_from')) or (name if config.get('pretrained') else None),
+        **{RANKS_KEY: ranks_text(metrics['ranks'])},
     )
     folder = (args.hub_root or local_hub_root() or Path('hub_cards')) / f'{name}.{tag}'
     try:
@@ -262,7 +271,30 @@ def export_run(args: argparse.Namespace) -> Path:
     return folder
 
 
-def refresh(folder: Path) -> Path:
+def remeasured(folder: Path, record: dict, model, weights: Path, source: str) -> dict:
+    """`record` with its per-image ranks measured on `source`; exits, changing nothing, unless the card holds."""
+    dataset, spec = record['dataset'], DATASETS[record['dataset']]
+    try:
+        if describe_source(dataset, source) != record['data']:
+            sys.exit(f'{folder}: {source} holds other test files than the ones its card was measured on '
+                     f'({record["data"]["name"]}); nothing was rewritten')
+        load_weights_into(model, weights)
+        metrics = evaluate_model(model, load_test(dataset, source=source), spec, per_image=True)
+    except (DataError, WeightsError) as e:
+        sys.exit(str(e))
+    if any(metrics[k] != record[k] for k in ('top1', 'top5', 'count')):
+        sys.exit(f'{folder}: measured top-1 {metrics["top1"]:.2f}, top-5 {metrics["top5"]:.2f} on {metrics["count"]} '
+                 f'images, but its card says {record["top1"]:.2f}, {record["top5"]:.2f} on {record["count"]}; '
+                 'nothing was rewritten')
+    ranks = ranks_text(metrics['ranks'])
+    differ = sum(now != then for now, then in zip(ranks, record.get(RANKS_KEY, ranks)))
+    if differ:
+        sys.exit(f'{folder}: {differ} of {len(ranks)} test images rank their true class otherwise than its record '
+                 f'({RANKS_KEY}) says; nothing was rewritten')
+    return {**record, RANKS_KEY: ranks}
+
+
+def refresh(folder: Path, source: str | None = None) -> Path:
     """Rewrite a published folder from its record: same weights (the file is kept), same figures, current card."""
     try:
         record = read_record(folder)
@@ -273,17 +305,20 @@ def refresh(folder: Path) -> Path:
     log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
     spec = DATASETS[record['dataset']]
     model = timm.create_model(record['model'], num_classes=spec.num_classes)
+    if source is not None:
+        record = remeasured(folder, record, model, weights, source)
     _publish_cfg(model, record['model'], record['tag'], record['dataset'], DATASET_CFGS[record['dataset']]['label_names'])
     kept = {k: v for k, v in record.items() if k not in ('weights_sha256', 'exported_config')}
     _write(folder, model, weights, kept, log, overwrite=True)
-    print(f'{folder}: refreshed ({CARD_NAME}, config.json{", " + CURVES_NAME if log else ""})')
+    measured = f'; measured again: top-1 {record["top1"]:.2f} on {record["count"]} images' if source else ''
+    print(f'{folder}: refreshed ({CARD_NAME}, config.json{", " + CURVES_NAME if log else ""}{measured})')
     return folder
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.refresh:
-        return [refresh(folder) for folder in args.refresh]
+        return [refresh(folder, args.data_source) for folder in args.refresh]
     return export_run(args)
 
 

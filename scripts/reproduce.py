@@ -2,11 +2,13 @@
 
     python scripts/reproduce.py                                   # the paper's model and its baseline
     python scripts/reproduce.py mobilenetv3_small_xsep_k7_100.cifar10 --data-source /path/to/cifar10
+    python scripts/reproduce.py --all --data-source /path/to/cifar10  # every published model
 
 Each model is created with `timm.create_model(name, pretrained=True)` (the local Hub folder in
 hub_cards/, else the Hub) and tested on its dataset's whole test split: the Hub dataset, or the local
 copy in the Hub layout given with --data-source. Exits with status 1 when a measurement differs from
-its card on the same test data; on other data (the Hub's lossless CIFAR-10 against a card measured on
+its card on the same test data (or, where the card keeps per-image ranks, when any image ranks its
+true class otherwise); on other data (the Hub's lossless CIFAR-10 against a card measured on
 a JPEG copy) the two are shown side by side, not compared.
 """
 import argparse
@@ -18,7 +20,8 @@ import timm
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import WeightsError, read_record
+from xsep_zoo.hub import RANKS_KEY, WeightsError, ranks_text, read_record
+from xsep_zoo.pretrained import PUBLISHED
 
 DEFAULT_MODELS = ('mobilenetv3_small_xsep', 'mobilenetv3_small_dw_100')
 
@@ -30,9 +33,13 @@ def card_results(model) -> dict:
 
 def main(argv=None) -> bool:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('models', nargs='*', default=DEFAULT_MODELS, help='model names, optionally name.tag')
+    p.add_argument('models', nargs='*', help=f'model names, optionally name.tag (default: {", ".join(DEFAULT_MODELS)})')
+    p.add_argument('--all', action='store_true', help='every published model, each of its tags')
     p.add_argument('--data-source', help="local copy of the models' dataset in the Hub layout (default: the Hub)")
     args = p.parse_args(argv)
+    if args.all and args.models:
+        p.error(f'--all evaluates every published model; drop the names ({" ".join(args.models)}) or --all')
+    args.models = sorted(PUBLISHED) if args.all else args.models or list(DEFAULT_MODELS)
 
     rows, all_equal, tests = [], True, {}
     for name in args.models:
@@ -46,9 +53,11 @@ def main(argv=None) -> bool:
         except (WeightsError, DataError) as e:
             sys.exit(str(e))
         test, where = tests[dataset]
-        measured = evaluate_model(model, test, DATASETS[dataset])
+        measured = evaluate_model(model, test, DATASETS[dataset], per_image=True)
         if describe_source(dataset, args.data_source) == card['data']:  # the same test files, or the Hub's
-            equal = all(measured[k] == card[k] for k in ('top1', 'top5', 'count'))
+            ranks = ranks_text(measured['ranks'])  # image by image, where the card keeps a per-image record
+            equal = (card.get(RANKS_KEY, ranks) == ranks
+                     and all(measured[k] == card[k] for k in ('top1', 'top5', 'count')))
             all_equal &= equal
             verdict = 'yes' if equal else 'NO'
         else:  # e.g. the Hub's lossless CIFAR-10 against a card measured on the JPEG copy

@@ -145,6 +145,10 @@ def test_export_writes_a_hub_folder(exported, trained_run, cifar10_dir):
     assert results['weights_sha256'] == sha256_file(exported / 'model.safetensors')
     assert (exported / 'log.jsonl').read_text() == (trained_run / 'log.jsonl').read_text()
     assert results['count'] == 256 and results['dataset'] == 'cifar10'
+    ranks = results['test_ranks']  # where each test image's true class ranked: 0-4, or 5 outside the top 5
+    assert len(ranks) == 256 and set(ranks) <= set('012345')
+    assert (100.0 * ranks.count('0') / 256, 100.0 * sum(r < '5' for r in ranks) / 256) == \
+        (results['top1'], results['top5'])
     exported_sd, final_sd = load_file(exported / 'model.safetensors'), load_file(trained_run / 'model.safetensors')
     assert all(torch.equal(exported_sd[k], final_sd[k]) for k in final_sd)
     card = (exported / 'README.md').read_text()

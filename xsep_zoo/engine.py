@@ -162,27 +162,40 @@ def prepare_images(
     return normalize(images, spec, channels_last=channels_last)
 
 
+def true_class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Where each image's true class stands among its logits: 0 (top-1) to 4, or 5 when outside the top 5."""
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+    return torch.where(hits.any(dim=1), hits.int().argmax(dim=1), 5)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, spec: DatasetSpec, accelerator, channels_last: bool = True) -> dict:
-    """Top-1, top-5, mean loss and image count over a prepared test loader, exact across processes."""
+def evaluate(model: nn.Module, loader: DataLoader, spec: DatasetSpec, accelerator, channels_last: bool = True,
+             per_image: bool = False) -> dict:
+    """Top-1, top-5, mean loss and image count over a prepared test loader, exact across processes.
+
+    With `per_image`, also 'ranks': each image's `true_class_ranks`, in the loader's order, a record
+    against which any part of the test set can later be checked image by image.
+    """
     was_training = model.training
     model.eval()
-    correct1 = correct5 = count = 0
+    ranks, count = [], 0
     loss_sum = 0.0
     for images, labels in loader:
         logits = model(prepare_images(images, spec, channels_last))
         logits, labels = accelerator.gather_for_metrics((logits.float(), labels))
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top5[:, 0] == labels).sum().item()
-        correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
+        ranks.append(true_class_ranks(logits, labels).cpu())
         loss_sum += F.cross_entropy(logits, labels, reduction='sum').item()
         count += labels.numel()
     model.train(was_training)
-    return {
+    ranks = torch.cat(ranks)
+    correct1, correct5 = int((ranks == 0).sum()), int((ranks < 5).sum())
+    metrics = {
         'top1': 100.0 * correct1 / count, 'top5': 100.0 * correct5 / count,
         'loss': loss_sum / count, 'correct1': correct1, 'correct5': correct5, 'count': count,
     }
-
+    if per_image:
+        metrics['ranks'] = ranks.tolist()
+    return metrics
 
 
 def evaluate_model(
@@ -191,14 +204,15 @@ def evaluate_model(
         spec: DatasetSpec,
         batch_size: int = 256,
         channels_last: bool = True,
+        per_image: bool = False,
 ) -> dict:
-    """Evaluate `model` on in-memory test images in fp32, outside any training run."""
+    """Evaluate `model` on in-memory test images in fp32, outside any training run (see `evaluate`)."""
     from accelerate import Accelerator
     accelerator = Accelerator()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(accelerator.device, memory_format=memory_format)
     loader = accelerator.prepare(image_loader(test, batch_size))
-    return evaluate(model, loader, spec, accelerator, channels_last)
+    return evaluate(model, loader, spec, accelerator, channels_last, per_image)
 
 
 def flush_subnormals() -> bool:

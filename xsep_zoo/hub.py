@@ -27,7 +27,7 @@ __all__ = [
     'local_hub_root', 'local_repo_dir', 'sha256_file', 'read_hub_config', 'read_record', 'hub_config',
     'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
     'pretrained_weights_overlay', 'load_matching_state_dict',
-    'write_hub_folder',
+    'write_hub_folder', 'RANKS_KEY', 'ranks_text',
 ]
 
 HUB_DIR_ENV = 'XSEP_ZOO_HUB_DIR'  # another local root of Hub folders, instead of the repository's hub_cards/
@@ -36,6 +36,9 @@ CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 RECORD_NAME = 'xsep_zoo.json'  # the zoo's record of a Hub folder, beside timm's files
 SHA256_KEY = 'weights_sha256'
+# Per test image, in the split's order, where the true class stood among the logits (engine.true_class_ranks):
+# one digit, 0-4 within the top 5, 5 outside. Any part of the test set can be checked against it image by image.
+RANKS_KEY = 'test_ranks'
 # What timm builds the network from; recorded at export under EXPORTED_KEY, so an edit is caught before loading.
 ARCHITECTURE_FIELDS = ('architecture', 'num_classes', 'num_features', 'global_pool', 'model_args')
 EXPORTED_KEY = 'exported_config'
@@ -95,6 +98,11 @@ def read_hub_config(config_path: Path) -> dict:
 def read_record(folder: Union[str, Path]) -> dict:
     """The zoo's record of a Hub folder (xsep_zoo.json): checksum, exported architecture, results, recipe."""
     return _read_json(Path(folder) / RECORD_NAME, f'{RECORD_NAME}, its checksum and results')
+
+
+def ranks_text(ranks) -> str:
+    """Per-image ranks (0-5) as the record keeps them: a string of one digit per test image."""
+    return ''.join(map(str, ranks))
 
 
 def hub_config(model: nn.Module) -> dict:

@@ -55,6 +55,7 @@ class CardFacts:
     hardware: str  # the machines it trained on, in a few words
     curves: Optional[str] = None  # file name of the curves image, when the per-epoch log was kept
     log_note: str = ''  # what of the per-epoch log there is
+    per_image_ranks: bool = False  # whether the record keeps the rank of the true class of every test image
     comparison: list = field(default_factory=list)  # ComparisonRow
     seed_statistics: list = field(default_factory=list)  # markdown lines: XSepConv against DW over seeds
     license: str = 'apache-2.0'
@@ -93,6 +94,9 @@ def render_model_card(f: CardFacts) -> str:
               f'top-1/top-5 and loss, learning rate and seconds of every epoch. {f.log_note}'
               if f.curves else f.log_note)
     data_flag = '' if f.from_hub else ' --data-source $DATA'
+    per_image = (f'\n`xsep_zoo.json` keeps, for every test image, where the model ranked its true class (`test_ranks`: 0 '
+                 f'for top-1 to 4, 5 beyond the top 5); `python scripts/reproduce.py {name_tag}{data_flag}` compares '
+                 'image by image and fails on any difference.\n' if f.per_image_ranks else '')
     seeds = ('\nXSepConv against its DW partner, top-1 mean over seeds (sd) and the difference:\n\n'
              + '\n'.join(f.seed_statistics) + '\n') if f.seed_statistics else ''
     return f"""---
@@ -181,7 +185,7 @@ Reproduce from a clean clone of the repository (`make run` sets up its environme
 python scripts/eval.py --model {name_tag} --pretrained{data_flag}
 ```
 {"" if f.from_hub else f"where `$DATA` is a copy of {f.data_name} in the Hub layout (for the Hub's lossless `{f.dataset_hub_id}`, leave out `--data-source`)."}
-
+{per_image}
 ## Training
 {f.epochs} epochs, {f.train_hours:.2f} h on {f.hardware}, with this command from the repository root:
 ```bash
