@@ -22,13 +22,14 @@ zoo-table: $(INSTALLED)
 	$(VENV)/bin/python scripts/model_table.py --readme docs/models.md
 
 # measure the zoo's speed on this CPU (quiet machine: takes several minutes) and rewrite docs/speed.md and the
-# README's speed summary; then the ways of running the main pair's XSepConvs that lost, beside the one that won
+# README's speed summary; then the ways of running the main pair's XSepConvs that lost, beside the one that won.
+# The measurements are kept as JSON: `benchmark.py --from-json` writes their tables again without measuring.
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --forms plain folded fused compiled \
-		--readme docs/speed.md --summary README.md
+		--json docs/speed-cpu.json --readme docs/speed.md --summary README.md
 	$(VENV)/bin/python scripts/benchmark.py --device cpu --threads 2 --forms folded compiled-folded fused compiled \
 		--train-batch 0 --layer-batches --models mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100 \
-		--readme docs/speed.md --section benchmark-cpu-compiled
+		--json docs/speed-cpu-compiled.json --readme docs/speed.md --section benchmark-cpu-compiled
 	$(VENV)/bin/python scripts/sweep.py --throughput --models mobilenetv3_small_dw_100 mobilenetv3_small_xsep_100 \
 		--runs-at-once 1 2 --readme docs/training.md
 
