@@ -21,7 +21,7 @@ from xsep_zoo.hub import RANKS_KEY, RECORD_NAME, read_record
 
 PUBLISHED = sorted(p.parent for p in (ROOT / 'hub_cards').glob('*/config.json'))
 CARD_EVAL_BATCH = 256  # evaluate_model's batch size, with which export.py measured every card
-CHECKED_BATCHES = 8  # of CIFAR-10's 40 test batches: a fifth of the test set, another fifth for each folder
+CHECKED_BATCHES = 8  # of CIFAR-10's 40 test batches: a fifth of the test set, drawn for each folder
 
 
 @pytest.fixture(scope='session')
