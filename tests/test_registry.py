@@ -93,8 +93,8 @@ def no_weights_looked_for(monkeypatch):
     monkeypatch.setattr(mobilenetv3_xsep, 'pretrained_weights_overlay', refuse)
 
 
-@pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_075', 'mobilenetv3_small_dw_125.cifar10',
-                                  'mobilenetv3_small_dw_075.untrained'])
+@pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_125', 'mobilenetv3_small_dw_125.cifar10',
+                                  'mobilenetv3_small_dw_125.untrained'])
 def test_weights_never_published_are_an_error_naming_those_that_were(name, no_weights_looked_for):
     arch = get_arch_name(name)
     prefix = f'{name}: ' if '.' in name else ''
