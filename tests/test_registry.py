@@ -93,17 +93,42 @@ def no_weights_looked_for(monkeypatch):
     monkeypatch.setattr(mobilenetv3_xsep, 'pretrained_weights_overlay', refuse)
 
 
+UNPUBLISHED = ('mobilenetv3_small_xsep_125', 'mobilenetv3_small_dw_125')  # as if this pair were still training
+
+
+def _without_unpublished(record):
+    return {name: entry for name, entry in record.items() if get_arch_name(name) not in UNPUBLISHED}
+
+
+@pytest.fixture
+def pair_unpublished(monkeypatch):
+    """The record as it was before the width-1.25 pair had weights; returns the architectures that have some."""
+    tags = ranked_tags(_without_unpublished(PUBLISHED))
+    monkeypatch.setattr(pretrained, 'PUBLISHED_TAGS', tags)
+    return list(tags)
+
+
 @pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_125', 'mobilenetv3_small_dw_125.cifar10',
                                   'mobilenetv3_small_dw_125.untrained'])
-def test_weights_never_published_are_an_error_naming_those_that_were(name, no_weights_looked_for):
+def test_weights_never_published_are_an_error_naming_those_that_were(name, pair_unpublished, no_weights_looked_for):
     arch = get_arch_name(name)
     prefix = f'{name}: ' if '.' in name else ''
     expected = (f'{prefix}{arch} has no published weights (pretrained=False builds it untrained); '
-                f'architectures with weights: {", ".join(WITH_WEIGHTS)}')
+                f'architectures with weights: {", ".join(pair_unpublished)}')
+    assert arch in UNPUBLISHED and arch not in pair_unpublished and len(pair_unpublished) == len(MODELS) - 2
     with pytest.raises(WeightsError, match=f'^{re.escape(expected)}$'):
         timm.create_model(name, pretrained=True)
-    assert timm.create_model(arch).pretrained_cfg['tag'] == 'untrained'  # it builds, untrained
-    assert timm.create_model(f'{arch}.untrained').pretrained_cfg['tag'] == 'untrained'
+
+
+def test_an_architecture_without_weights_is_registered_untrained():
+    cfgs = mobilenetv3_xsep.family_cfgs(_without_unpublished(PUBLISHED))
+    for arch in UNPUBLISHED:
+        assert [name for name in cfgs if get_arch_name(name) == arch] == [f'{arch}.untrained']
+        assert 'hf_hub_id' not in cfgs[f'{arch}.untrained']
+    registered = mobilenetv3_xsep.family_cfgs(PUBLISHED)  # what timm holds: every cfg, each under its name
+    assert {get_arch_name(name) for name in registered} == set(MODELS)
+    for name, cfg in registered.items():
+        assert get_pretrained_cfg(name).to_dict() == {**get_pretrained_cfg(name).to_dict(), **cfg}, name
 
 
 @pytest.mark.parametrize('name', ['mobilenetv3_small_xsep_100.nosuchtag', 'mobilenetv3_small_xsep.nosuchtag'])

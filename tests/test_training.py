@@ -545,7 +545,7 @@ def test_resume_refuses_what_it_cannot_continue_and_changes_nothing(damage, trai
     ('--momentum', '5', '--momentum 5.0: must be in [0, 1)'),
     ('--drop-rate', '1', '--drop-rate 1.0: must be in [0, 1)'),
     ('--batch-size', '1024', '512 training images make no full batch of --batch-size 1024'),
-    ('--model', 'mobilenetv3_small_xsep_125', 'mobilenetv3_small_xsep_125 has no published weights'),
+    ('--model', 'mobilenetv3_small_xsep_100.nosuchtag', 'mobilenetv3_small_xsep_100.nosuchtag: no such published'),
 ])
 def test_impossible_settings_are_refused_before_anything_is_created(flag, value, message, tmp_path, script_env,
                                                                      cifar10_dir):

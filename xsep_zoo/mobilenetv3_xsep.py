@@ -30,7 +30,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from ._checks import check_choice
 from .constants import HUB_ORG
 from .hub import WeightsError, pretrained_weights_overlay
-from .pretrained import DATASET_CFGS, PUBLISHED, UNTRAINED_TAG, check_weights_request, published_tags
+from .pretrained import DATASET_CFGS, PUBLISHED, UNTRAINED_TAG, Record, check_weights_request, ranked_tags
 from .xsepconv import XSEP_VARIANTS, PaddedConv2x2, XSepConv, padding_plan
 
 __all__ = ['XSepMobileNetV3', 'XSepInvertedResidual', 'ARCH_VARIANTS', 'FamilyModel', 'MODELS', 'MODEL_NAMES']
@@ -305,13 +305,20 @@ def _cfg(dataset: str = 'cifar10', **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    # what is published (xsep_zoo/published.json), best first: timm's default is an architecture's first tag
-    **{f'{name}.{tag}': _cfg(PUBLISHED[f'{name}.{tag}']['dataset'], hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
-       for name in MODELS for tag in published_tags(name)},
-    # the others have no weights yet: registered, as timm does, with its tag for that
-    **{f'{name}.{UNTRAINED_TAG}': _cfg() for name in MODELS if not published_tags(name)},
-})
+def family_cfgs(record: Record) -> dict[str, dict]:
+    """The family's pretrained cfgs from a record of published weights (xsep_zoo/published.json).
+
+    Best first, since timm's default is an architecture's first tag; an architecture with no weights
+    yet is registered, as timm does, with its tag for that.
+    """
+    tags = ranked_tags(record)
+    cfgs = {f'{name}.{tag}': _cfg(record[f'{name}.{tag}']['dataset'], hf_hub_id=f'{HUB_ORG}/{name}.{tag}')
+            for name in MODELS for tag in tags.get(name, ())}
+    cfgs.update({f'{name}.{UNTRAINED_TAG}': _cfg() for name in MODELS if name not in tags})
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(family_cfgs(PUBLISHED))
 
 
 @register_model
