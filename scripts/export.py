@@ -32,8 +32,9 @@ from xsep_zoo import MODELS, count_cost
 from xsep_zoo.constants import HUB_ORG
 from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, RANKS_KEY, WEIGHTS_NAME, WeightsError, load_weights_into,
-                          local_hub_root, ranks_text, read_record, verified_weights, write_hub_folder)
+from xsep_zoo.hub import (CARD_NAME, CONFIG_NAME, RANKS_KEY, WEIGHTS_NAME, WeightsError, card_mismatch,
+                          load_weights_into, local_hub_root, ranks_text, read_record, verified_weights,
+                          write_hub_folder)
 from xsep_zoo.model_card import CardFacts, ComparisonRow, render_model_card
 from xsep_zoo.pretrained import DATASET_CFGS, record_published
 from zoo_table import comparison_lines, load_results  # a sibling script: the zoo table's statistics
@@ -282,16 +283,10 @@ def remeasured(folder: Path, record: dict, model, weights: Path, source: str) ->
         metrics = evaluate_model(model, load_test(dataset, source=source), spec, per_image=True)
     except (DataError, WeightsError) as e:
         sys.exit(str(e))
-    if any(metrics[k] != record[k] for k in ('top1', 'top5', 'count')):
-        sys.exit(f'{folder}: measured top-1 {metrics["top1"]:.2f}, top-5 {metrics["top5"]:.2f} on {metrics["count"]} '
-                 f'images, but its card says {record["top1"]:.2f}, {record["top5"]:.2f} on {record["count"]}; '
-                 'nothing was rewritten')
-    ranks = ranks_text(metrics['ranks'])
-    differ = sum(now != then for now, then in zip(ranks, record.get(RANKS_KEY, ranks)))
-    if differ:
-        sys.exit(f'{folder}: {differ} of {len(ranks)} test images rank their true class otherwise than its record '
-                 f'({RANKS_KEY}) says; nothing was rewritten')
-    return {**record, RANKS_KEY: ranks}
+    problem = card_mismatch(record, metrics)
+    if problem:
+        sys.exit(f'{folder}: {problem}; nothing was rewritten')
+    return {**record, RANKS_KEY: ranks_text(metrics['ranks'])}
 
 
 def refresh(folder: Path, source: str | None = None) -> Path:

@@ -20,7 +20,7 @@ import timm
 import xsep_zoo  # noqa: F401  registers the models
 from xsep_zoo.data import DATASETS, DataError, describe_source, load_test
 from xsep_zoo.engine import evaluate_model
-from xsep_zoo.hub import RANKS_KEY, WeightsError, ranks_text, read_record
+from xsep_zoo.hub import WeightsError, card_mismatch, read_record
 from xsep_zoo.pretrained import PUBLISHED
 
 DEFAULT_MODELS = ('mobilenetv3_small_xsep', 'mobilenetv3_small_dw_100')
@@ -55,11 +55,11 @@ def main(argv=None) -> bool:
         test, where = tests[dataset]
         measured = evaluate_model(model, test, DATASETS[dataset], per_image=True)
         if describe_source(dataset, args.data_source) == card['data']:  # the same test files, or the Hub's
-            ranks = ranks_text(measured['ranks'])  # image by image, where the card keeps a per-image record
-            equal = (card.get(RANKS_KEY, ranks) == ranks
-                     and all(measured[k] == card[k] for k in ('top1', 'top5', 'count')))
-            all_equal &= equal
-            verdict = 'yes' if equal else 'NO'
+            problem = card_mismatch(card, measured)  # image by image, where the card keeps a per-image record
+            if problem:
+                print(f'{name}: {problem}', file=sys.stderr)
+            all_equal &= problem is None
+            verdict = 'NO' if problem else 'yes'
         else:  # e.g. the Hub's lossless CIFAR-10 against a card measured on the JPEG copy
             verdict = f'not comparable: the card was measured on {card["data"]["name"]}'
         rows.append(f'| `{name}` | {dataset} ({where}) | {measured["top1"]:.2f} | {card["top1"]:.2f} '

@@ -72,6 +72,7 @@ def test_reproduce_reports_a_card_it_does_not_match(exported, script_env, cifar1
     assert f'| `{name}` | cifar10 ({cifar10_dir}) |' in result.stdout
     assert f'| {SMALL_CIFAR10_SIZES["test"]} | NO |' in result.stdout
     assert 'differs from its model card' in result.stderr
+    assert f'{name}: measured top-1 ' in result.stderr and f'on {SMALL_CIFAR10_SIZES["test"]} images, but its card says' in result.stderr
 
 
 def test_true_class_ranks_count_top1_and_top5():

@@ -27,7 +27,7 @@ __all__ = [
     'local_hub_root', 'local_repo_dir', 'sha256_file', 'read_hub_config', 'read_record', 'hub_config',
     'verified_weights', 'load_weights_file', 'save_weights_file', 'load_weights_into', 'find_weights',
     'pretrained_weights_overlay', 'load_matching_state_dict',
-    'write_hub_folder', 'RANKS_KEY', 'ranks_text',
+    'write_hub_folder', 'RANKS_KEY', 'ranks_text', 'card_mismatch',
 ]
 
 HUB_DIR_ENV = 'XSEP_ZOO_HUB_DIR'  # another local root of Hub folders, instead of the repository's hub_cards/
@@ -103,6 +103,19 @@ def read_record(folder: Union[str, Path]) -> dict:
 def ranks_text(ranks) -> str:
     """Per-image ranks (0-5) as the record keeps them: a string of one digit per test image."""
     return ''.join(map(str, ranks))
+
+
+def card_mismatch(record: dict, metrics: dict) -> Optional[str]:
+    """How a measurement on the card's own test files differs from its record, or None where it holds:
+    top-1, top-5 and the image count, then, where the record keeps them, each image's rank of its class."""
+    if any(metrics[k] != record[k] for k in ('top1', 'top5', 'count')):
+        return (f'measured top-1 {metrics["top1"]:.2f}, top-5 {metrics["top5"]:.2f} on {metrics["count"]} images, '
+                f'but its card says {record["top1"]:.2f}, {record["top5"]:.2f} on {record["count"]}')
+    ranks = ranks_text(metrics['ranks'])
+    differ = sum(now != then for now, then in zip(ranks, record.get(RANKS_KEY, ranks)))
+    if differ:
+        return f'{differ} of {len(ranks)} test images rank their true class otherwise than its record ({RANKS_KEY}) says'
+    return None
 
 
 def hub_config(model: nn.Module) -> dict:
