@@ -123,6 +123,34 @@ def recipe_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _seed_count(xsep: list[dict], dw: list[dict]) -> str:
+    n, m = len(xsep), len(dw)
+    return f'{n} seed{"s" * (n > 1)} each' if n == m else f'{n} and {m} seeds'
+
+
+def width_lines(rows: list[dict]) -> list[str]:
+    """XSepConv against DW at each width of the paper's Fig. 3, per length and recipe with two or more widths:
+    the difference of the two mean top-1 over seeds, and at how many widths XSepConv is ahead."""
+    groups = _seeds_of_one_recipe(rows)
+    widths = defaultdict(list)  # recipe label -> (width, XSepConv runs, DW runs)
+    for (architecture, recipe), runs in groups.items():
+        model = MODELS[architecture]
+        dw = groups.get((model.dw_partner, recipe))
+        if model.arch == 'xsep' and dw:
+            widths[recipe].append((model.multiplier, runs, dw))
+    lines = []
+    for recipe, pairs in widths.items():
+        if len(pairs) < 2:
+            continue
+        diffs = [(w, statistics.mean(r['top1'] for r in x) - statistics.mean(r['top1'] for r in d), x, d)
+                 for w, x, d in sorted(pairs, key=lambda pair: pair[0])]
+        ahead = sum(diff > 0 for _, diff, _, _ in diffs)
+        lines.append(f'- {recipe}: ' + ', '.join(f'width {w:.2f} {diff:+.2f} ({_seed_count(x, d)})'
+                                                 for w, diff, x, d in diffs)
+                     + f'; XSepConv is ahead at {ahead} of {len(diffs)} widths')
+    return lines
+
+
 def zoo_table(rows: list[dict], plot_link: str) -> str:
     lines = [
         'Top-1 on the whole test split, measured by `scripts/export.py` on the exported weights; MACs and params '
@@ -145,6 +173,10 @@ def zoo_table(rows: list[dict], plot_link: str) -> str:
     comparison = comparison_lines(rows)
     if comparison:
         lines += ['', 'XSepConv against its DW partner, top-1 mean over seeds (sd) and the difference:', '', *comparison]
+    by_width = width_lines(rows)
+    if by_width:
+        lines += ['', "XSepConv minus DW at each width of the paper's Fig. 3, mean top-1 over seeds, in points:", '',
+                  *by_width]
     ranking = recipe_lines(rows)
     if ranking:
         lines += ['', 'Recipes compared on the same pair (the better one trains the pair at its other widths):', '',

@@ -89,6 +89,23 @@ def test_recipes_are_ranked_on_pairs_with_two_seeds_of_each():
     assert zoo_table.recipe_lines([r for r in rows if r['recipe_name'] != 'other']) == []
 
 
+def test_widths_compare_xsepconv_with_dw_of_the_same_width_and_recipe():
+    zoo_table = _load_script('zoo_table')
+    row = dict(top5=99.0, macs=17e6, params=1.5e6, epochs=20)
+    rows = [dict(row, architecture=f'mobilenetv3_small_{arch}', folder=f'{arch}.{recipe}{seed}', seed=seed,
+                 recipe_name=recipe, top1=top1)
+            for arch, recipe, seed, top1 in [
+                ('dw_100', 'paper', 0, 85.0), ('dw_100', 'paper', 1, 85.4), ('xsep_100', 'paper', 0, 80.0),
+                ('xsep_100', 'paper', 1, 81.0), ('xsep_100', 'paper', 2, 82.0),
+                ('dw_050', 'paper', 0, 83.0), ('xsep_050', 'paper', 0, 83.5),
+                ('dw_125', 'other', 0, 86.0), ('xsep_125', 'other', 0, 85.0),  # one width only: no line
+                ('xsep_k7_100', 'paper', 0, 90.0), ('dw_k7_100', 'paper', 0, 80.0),  # not a width of Fig. 3
+                ('xsep_075', 'paper', 0, 90.0)]]  # no DW partner under this recipe
+    assert zoo_table.width_lines(rows) == [
+        '- 20 epochs: width 0.50 +0.50 (1 seed each), width 1.00 -4.20 (3 and 2 seeds); XSepConv is ahead at 1 of 2 '
+        'widths']
+
+
 def test_zoo_plot_labels_of_close_variants_do_not_overlap_each_other_or_markers():
     import matplotlib
     matplotlib.use('Agg')
