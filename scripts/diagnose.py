@@ -5,6 +5,8 @@
     python scripts/diagnose.py --models mobilenetv3_small_xsep_050 --seeds 0 --hessian-iters 5 --warmup-steps 20 ...
     python scripts/diagnose.py ... --estimate                             # time one model of each kind, measure nothing
     python scripts/diagnose.py --from-json diagnose.json --docs docs/training-dynamics.md   # the page of a saved run
+    python scripts/diagnose.py --from-json diagnose.json --recount-bn --output diagnose.json --docs ...  # and
+        # the BatchNorm census of the Hub folders taken again, with those published since
 
 For each model and seed (the seed of scripts/train.py: the same init, data order, crops and dropout):
 - the cross-entropy gradient norm per stage (stem = conv_stem + bn1, blocks.0 .. blocks.5, head = conv_head,
@@ -126,9 +128,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--output', type=Path, help='also write every measurement as JSON here')
     p.add_argument('--docs', type=Path, help='write the markdown page here')
     p.add_argument('--from-json', type=Path, help='measure nothing: write the page (--docs) of a saved --output')
+    p.add_argument('--recount-bn', action='store_true',
+                   help='with --from-json: count the collapsed BatchNorm scales of the --hub-root folders again '
+                        '(seconds; folders published since are added), keeping every other measurement; '
+                        '--output saves the result')
     args = p.parse_args(argv)
     if args.from_json and not args.docs:
         p.error('--from-json writes a page: pass --docs')
+    if args.recount_bn and not args.from_json:
+        p.error('--recount-bn updates a saved run: pass --from-json (a full run counts them anyway)')
     for name in ('batch_size', 'hessian_iters'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be at least 1')
@@ -872,7 +880,9 @@ def render_page(results: dict, page_command: Optional[str] = None) -> str:
                              + f' | {_mean_sd([r["hessian"]["eigenvalue"] for r in runs], ".4g")} | {ratio} |')
     if results['bn_collapse']:
         lines += ['', '## Collapsed BatchNorm scales in the published weights', '',
-                  f'BatchNorm weights with |gamma| < {COLLAPSED:g}, from each Hub folder\'s model.safetensors.', '',
+                  f'BatchNorm weights with |gamma| < {COLLAPSED:g}, from each Hub folder\'s model.safetensors'
+                  + (f'; counted again with `{results["bn_collapse_command"]}`.' if results.get('bn_collapse_command')
+                     else '.'), '',
                   '| Hub folder | epochs | seed | BN scales | collapsed | fraction | layers with every scale collapsed '
                   f'| layers with {100 * MOSTLY:g} % or more collapsed |',
                   '|---|---:|---:|---:|---:|---:|---|---|']
@@ -896,12 +906,25 @@ def _data_as_placeholder(argv: Sequence[str]) -> list[str]:
     return shown
 
 
+def save_results(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + '\n')
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     args.command = shlex.join(['python', 'scripts/diagnose.py', *_data_as_placeholder(argv)])
     if args.from_json:
         results = json.loads(args.from_json.read_text())
+        if args.recount_bn:
+            try:
+                results['bn_collapse'] = published_collapse(args.hub_root)
+            except WeightsError as e:
+                sys.exit(str(e))
+            results['bn_collapse_command'] = args.command
+            if args.output:
+                save_results(results, args.output)
         if args.docs:
             args.docs.parent.mkdir(parents=True, exist_ok=True)
             args.docs.write_text(render_page(results, page_command=args.command))
@@ -914,8 +937,7 @@ def main(argv=None) -> dict:
     except WeightsError as e:
         sys.exit(str(e))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=1) + '\n')
+        save_results(results, args.output)
     if args.docs and not args.estimate:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
         args.docs.write_text(render_page(results))

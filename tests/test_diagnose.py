@@ -261,6 +261,22 @@ def test_script_writes_json_and_page(tmp_path, cifar10_dir, script_env):
     written_by = f', page written by `python scripts/diagnose.py --from-json {output} --docs {again}`'
     assert written_by in again.read_text() and again.read_text().replace(written_by, '') == text
 
+    # a folder published since: --recount-bn counts the scales again and keeps every other measurement
+    _hub_folder(hub, 'mobilenetv3_small_xsep_050.cifar10', 20, _state(bn1=[0.0, 1.0, 1.0, 1.0]))
+    recounted, page = tmp_path / 'recounted.json', tmp_path / 'recounted.md'
+    run_script('diagnose.py', '--from-json', output, '--recount-bn', '--hub-root', hub, '--output', recounted,
+               '--docs', page, env=env)
+    now = json.loads(recounted.read_text())
+    assert {k: v for k, v in now.items() if not k.startswith('bn_collapse')} == \
+        {k: v for k, v in results.items() if k != 'bn_collapse'}
+    assert [(r['folder'], r['collapsed']) for r in now['bn_collapse']] == [
+        ('mobilenetv3_small_dw_050.cifar10', 1), ('mobilenetv3_small_dw_050.cifar10_e400', 3),
+        ('mobilenetv3_small_xsep_050.cifar10', 1)]
+    assert 'in the 2 folders of fewer than 100 epochs' in page.read_text()
+    assert f'counted again with `python scripts/diagnose.py --from-json {output} --recount-bn' in page.read_text()
+    refused = run_script('diagnose.py', '--recount-bn', '--docs', page, env=env, check=False)
+    assert refused.returncode == 2 and '--recount-bn updates a saved run: pass --from-json' in refused.stderr
+
 
 def test_the_page_names_no_local_dataset_folder():
     assert diagnose._data_as_placeholder(['--data-source', '/home/me/cifar10', '--seeds', '0']) == \
