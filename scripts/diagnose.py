@@ -727,8 +727,9 @@ def verdict_collapse(results: dict) -> list[str]:
         over = [r for r in short_runs if r['fraction'] >= SHORT_RUN_NONE]
         verdict = 'confirmed' if not over else 'refuted' if len(over) == len(short_runs) else 'partly confirmed'
         most = max(r['fraction'] for r in short_runs)
-        lines.append(f'- None (under {100 * SHORT_RUN_NONE:g} % of the scales of a folder) in the {len(short_runs)} '
-                     f'folders of fewer than {LONG_RUN_EPOCHS} epochs: **{verdict}**: at most {100 * most:.2f} %'
+        folders = 'the folder' if len(short_runs) == 1 else f'the {len(short_runs)} folders'
+        lines.append(f'- None (under {100 * SHORT_RUN_NONE:g} % of the scales of a folder) in {folders} '
+                     f'of fewer than {LONG_RUN_EPOCHS} epochs: **{verdict}**: at most {100 * most:.2f} %'
                      + (f'; folders with any: {detail}.' if hit else ', not one collapsed scale.'))
     else:
         lines.append(f'- None in the shorter runs: **not measured** (no folder of fewer than {LONG_RUN_EPOCHS} '

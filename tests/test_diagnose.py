@@ -254,7 +254,7 @@ def test_script_writes_json_and_page(tmp_path, cifar10_dir, script_env):
     assert '| xsep_050 | dw_050 | ' in text  # the ratio table
     assert '| dw_050 | timm | ' in text and '| xsep_050 | normal | ' in text
     assert '`mobilenetv3_small_dw_050.cifar10_e400` 75.0 %' in text  # verdict 3, from the numbers
-    assert 'in the 1 folders of fewer than 100 epochs: **refuted**: at most 25.00 %' in text
+    assert 'in the folder of fewer than 100 epochs: **refuted**: at most 25.00 %' in text
 
     again = tmp_path / 'again.md'
     run_script('diagnose.py', '--from-json', output, '--docs', again, env=env)
