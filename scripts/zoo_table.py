@@ -22,6 +22,9 @@ from xsep_zoo.recipe import recipe_name
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = 'zoo-table'
 PLOT_NAME = 'zoo_top1_vs_macs.png'
+WIDTH_SWEEP = ('dw', 'xsep')  # the arch variants of the paper's Fig. 3, one model per width
+
+
 def load_results(root: Path) -> list[dict]:
     rows = []
     for record_path in sorted(root.glob(f'*/{RECORD_NAME}')):
@@ -136,7 +139,7 @@ def width_lines(rows: list[dict]) -> list[str]:
     for (architecture, recipe), runs in groups.items():
         model = MODELS[architecture]
         dw = groups.get((model.dw_partner, recipe))
-        if model.arch == 'xsep' and dw:
+        if model.arch in WIDTH_SWEEP and dw:
             widths[recipe].append((model.multiplier, runs, dw))
     lines = []
     for recipe, pairs in widths.items():
@@ -244,7 +247,7 @@ def plot(rows: list[dict], path: Path) -> None:
         model = MODELS[r['architecture']]
         v = model.arch
         kind = 'XSepConv' if model.dw_partner else 'DWConv'  # only the baselines have no DW partner
-        if v in ('dw', 'xsep'):  # the width sweep of Fig. 3
+        if v in WIDTH_SWEEP:
             series[kind, r['epochs'], r['recipe_name']][r['macs'] / 1e6].append(r['top1'])
             continue
         ax.scatter(r['macs'] / 1e6, r['top1'], marker='s' if kind == 'XSepConv' else 'o', facecolors='none',
